@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtual environment (.venv) and install the pinned CPU dependencies.
+# Idempotent: a stamp records the hash of everything that shapes the environment; when nothing changed
+# this returns in well under a second. Used by both README commands (`make run`, `make test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${SEG4SEG_VENV:-.venv}
+PY=${PYTHON:-python3}
+STAMP="$VENV/.seg4seg-setup"
+want=$(cat requirements/*.txt pyproject.toml scripts/setup_venv.sh scripts/torchvision_cpu_shim.py | sha256sum | cut -d' ' -f1)
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
+  exit 0
+fi
+
+echo "[setup] preparing $VENV (pinned CPU dependencies; first run takes about a minute)"
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+# The constraints file is what keeps pip from replacing the local torch 2.13.0 CPU wheel with a
+# newer CUDA build when smp/timm/open_clip ask for torchvision (see requirements/constraints-cpu.txt).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -c requirements/constraints-cpu.txt -r requirements/cpu.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored" >&2) \
+  || "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+
+SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+
+# HF_HUB_OFFLINE=1 by default for everything run from this environment (scripts, pytest, Jupyter
+# kernels): nothing can be downloaded here, so hub look-ups must fail fast instead of waiting.
+echo "import os; os.environ.setdefault('HF_HUB_OFFLINE', '1')" > "$SITE/seg4seg_offline.pth"
+
+# torchvision on CPU torch: only install the shim where the plain import actually fails.
+rm -f "$SITE/seg4seg_torchvision_shim.pth" "$SITE/_seg4seg_torchvision_cpu_shim.py"
+if ! err=$("$VENV/bin/python" -c "import torchvision" 2>&1); then
+  if grep -q "torchvision::nms does not exist" <<<"$err"; then
+    cp scripts/torchvision_cpu_shim.py "$SITE/_seg4seg_torchvision_cpu_shim.py"
+    echo "import _seg4seg_torchvision_cpu_shim" > "$SITE/seg4seg_torchvision_shim.pth"
+    "$VENV/bin/python" -c "import torchvision" \
+      || { echo "[setup] torchvision still fails to import after the CPU shim" >&2; exit 1; }
+    echo "[setup] CUDA-built torchvision on CPU torch: installed the operator-schema shim"
+  else
+    echo "$err" >&2; echo "[setup] import torchvision failed for an unexpected reason" >&2; exit 1
+  fi
+fi
+
+echo "$want" > "$STAMP"
+echo "[setup] environment ready: $("$VENV/bin/python" -c 'import torch, torchvision; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")')"

@@ -1,0 +1,3 @@
+from seg4seg_utils.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Per-image segmentation metrics, vectorised over a batch of binary masks.
+
+Empty-mask conventions (every score stays finite, so the slicer never sees NaN):
+
+============================  ======  ======  ======  ======
+case                           Dice    IoU     PPV     NPV
+============================  ======  ======  ======  ======
+truth and prediction empty     1       1       1       formula
+prediction empty, truth not    0       0       0       formula
+truth empty, prediction not    0       0       0       formula
+prediction covers every pixel  formula formula formula 1 if the truth does too, else 0
+============================  ======  ======  ======  ======
+
+Rationale: agreeing that there is nothing to segment is perfect agreement (1); any other undefined ratio
+arises only when the model missed or hallucinated the whole structure, which is a complete failure (0) -
+so PPV of an empty prediction on a non-empty truth is 0, not "no false positives, hence 1".
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["METRICS", "confusion_counts", "segmentation_metrics", "metrics_table"]
+
+METRICS: tuple[str, ...] = ("dice", "iou", "ppv", "npv")
+
+
+def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image TP, FP, FN, TN counts for boolean arrays shaped (N, ...) (a single HxW pair is also accepted)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {truth.shape}")
+    if pred.dtype != bool or truth.dtype != bool:
+        raise TypeError(f"masks must be boolean (got {pred.dtype} and {truth.dtype}); threshold probabilities first")
+    if pred.ndim == 2:
+        pred, truth = pred[None], truth[None]
+    p = pred.reshape(len(pred), -1)
+    t = truth.reshape(len(truth), -1)
+    n_pix = p.shape[1]
+    tp = np.count_nonzero(p & t, axis=1)
+    n_pred = np.count_nonzero(p, axis=1)
+    n_true = np.count_nonzero(t, axis=1)
+    fp, fn = n_pred - tp, n_true - tp
+    tn = n_pix - tp - fp - fn
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, both_empty_value: np.ndarray) -> np.ndarray:
+    """num/den where den > 0, else the convention value (1 for agreed-empty, 0 for a total miss)."""
+    out = np.where(den > 0, num / np.maximum(den, 1), both_empty_value)
+    return out.astype(np.float64)
+
+
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Dice, IoU, PPV, NPV and the confusion counts per image (see the module docstring for empty masks)."""
+    c = confusion_counts(pred, truth)
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    fg_agree_empty = ((tp + fp + fn) == 0).astype(float)  # neither mask has any foreground
+    bg_agree_empty = ((tn + fn + fp) == 0).astype(float)  # neither mask has any background
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, fg_agree_empty),
+        "iou": _ratio(tp, tp + fp + fn, fg_agree_empty),
+        "ppv": _ratio(tp, tp + fp, fg_agree_empty),
+        "npv": _ratio(tn, tn + fn, bg_agree_empty),
+        **c,
+    }
+
+
+def metrics_table(preds: np.ndarray, truths: np.ndarray, ids: list[str] | None = None,
+                  chunk: int = 64) -> pd.DataFrame:
+    """A tidy per-image table (id, dice, iou, ppv, npv, tp, fp, fn, tn), computed in chunks to bound memory."""
+    n = len(preds)
+    if len(truths) != n:
+        raise ValueError(f"{n} predictions but {len(truths)} ground-truth masks")
+    parts = [segmentation_metrics(np.asarray(preds[i:i + chunk]), np.asarray(truths[i:i + chunk]))
+             for i in range(0, n, chunk)]
+    df = pd.DataFrame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else
+                      {k: [] for k in (*METRICS, "tp", "fp", "fn", "tn")})
+    if ids is not None:
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for {n} images")
+        df.insert(0, "id", list(ids))
+    return df

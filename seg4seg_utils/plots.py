@@ -1,0 +1,65 @@
+"""Figures. Every function returns a matplotlib Figure and never calls ``plt.show``."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .data import SampleTable
+
+__all__ = ["show_sample", "dataset_gallery", "injection_gallery"]
+
+MASK_COLOR = "#00e5ff"
+
+
+def show_sample(ax, image: np.ndarray, mask: np.ndarray | None = None, title: str | None = None,
+                color: str = MASK_COLOR) -> None:
+    """Draw an image with its mask as a contour line (keeps the pixels underneath visible)."""
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    if mask is not None and mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _pick(n_total: int, n: int, seed: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=min(n, n_total), replace=False))
+
+
+def dataset_gallery(tables: dict[str, SampleTable], n: int = 6, seed: int = 0, panel: float = 1.6) -> Figure:
+    """One row per dataset: ``n`` random samples with mask contours."""
+    fig = Figure(figsize=(panel * n, panel * len(tables) + 0.3), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(tables), n, squeeze=False))
+    for r, (name, table) in enumerate(tables.items()):
+        for c, i in enumerate(_pick(len(table), n, seed)):
+            show_sample(axes[r, c], table.image(i), table.mask(i), title=table.df["id"].iat[i])
+        for c in range(len(table), n):
+            axes[r, c].axis("off")
+        axes[r, 0].set_ylabel(name, fontsize=10)
+    return fig
+
+
+def injection_gallery(pairs: Sequence[tuple[str, SampleTable, SampleTable]], n: int = 3, seed: int = 0,
+                      panel: float = 1.6) -> Figure:
+    """For each (label, clean, injected): ``n`` manipulated samples, clean next to injected, masks as contours."""
+    fig = Figure(figsize=(panel * 2 * n, panel * len(pairs) + 0.4), layout="constrained")
+    axes = fig.subplots(len(pairs), 2 * n, squeeze=False)
+    for r, (label, clean, injected) in enumerate(pairs):
+        changed = np.flatnonzero((injected.df["image"].str.startswith("images/") |
+                                  injected.df["mask"].str.startswith("masks/")).to_numpy())
+        failure = injected.df["failure"].astype(bool).to_numpy()
+        pick = changed[_pick(len(changed), n, seed)] if len(changed) else []
+        position = dict(zip(clean.df["id"], range(len(clean))))
+        for k, i in enumerate(pick):
+            j = position[injected.df["id"].iat[i]]
+            show_sample(axes[r, 2 * k], clean.image(j), clean.mask(j), title="clean")
+            tag = "failure" if failure[i] else "majority"
+            show_sample(axes[r, 2 * k + 1], injected.image(i), injected.mask(i), title=f"injected ({tag})",
+                        color="#ff4081" if failure[i] else MASK_COLOR)
+        for k in range(2 * len(pick), 2 * n):
+            axes[r, k].axis("off")
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    return fig

@@ -1,0 +1,66 @@
+"""Per-image metrics against hand-computed values, including every empty-mask convention."""
+import numpy as np
+import pytest
+
+from seg4seg_utils.metrics import confusion_counts, metrics_table, segmentation_metrics
+
+
+def masks(*rows):
+    return np.array([[c == "1" for c in r] for r in rows])
+
+
+def test_hand_computed_example():
+    truth = masks("1100", "1100", "0000")
+    pred = masks("1110", "0100", "0000")
+    # TP=3 (0,0),(0,1),(1,1); FP=1 (0,2); FN=1 (1,0); TN=12-5=7
+    m = segmentation_metrics(pred, truth)
+    assert (m["tp"][0], m["fp"][0], m["fn"][0], m["tn"][0]) == (3, 1, 1, 7)
+    assert m["dice"][0] == pytest.approx(6 / 8)
+    assert m["iou"][0] == pytest.approx(3 / 5)
+    assert m["ppv"][0] == pytest.approx(3 / 4)
+    assert m["npv"][0] == pytest.approx(7 / 8)
+
+
+@pytest.mark.parametrize("pred,truth,expected", [
+    ("0000", "0000", dict(dice=1, iou=1, ppv=1, npv=1)),          # both empty: perfect agreement
+    ("0000", "0110", dict(dice=0, iou=0, ppv=0, npv=2 / 4)),      # prediction empty: a total miss
+    ("0110", "0000", dict(dice=0, iou=0, ppv=0, npv=1)),          # truth empty: hallucination
+    ("1111", "1111", dict(dice=1, iou=1, ppv=1, npv=1)),          # both all-foreground: no negatives anywhere
+    ("1111", "0110", dict(dice=4 / 6, iou=2 / 4, ppv=2 / 4, npv=0)),  # no predicted negatives, truth has some
+])
+def test_empty_mask_conventions(pred, truth, expected):
+    m = segmentation_metrics(masks(pred), masks(truth))
+    for k, v in expected.items():
+        assert m[k][0] == pytest.approx(v), k
+        assert np.isfinite(m[k]).all()
+
+
+def test_batched_equals_one_by_one():
+    rng = np.random.default_rng(0)
+    pred = rng.random((7, 16, 12)) > 0.5
+    truth = rng.random((7, 16, 12)) > 0.6
+    batched = segmentation_metrics(pred, truth)
+    for i in range(7):
+        single = segmentation_metrics(pred[i], truth[i])
+        for k in batched:
+            assert batched[k][i] == pytest.approx(single[k][0])
+
+
+def test_metrics_table_chunks_and_ids():
+    rng = np.random.default_rng(1)
+    pred = rng.random((10, 8, 8)) > 0.5
+    truth = rng.random((10, 8, 8)) > 0.5
+    df = metrics_table(pred, truth, ids=[f"s{i}" for i in range(10)], chunk=3)
+    assert list(df.columns[:5]) == ["id", "dice", "iou", "ppv", "npv"]
+    assert len(df) == 10
+    ref = segmentation_metrics(pred, truth)
+    np.testing.assert_allclose(df["dice"], ref["dice"])
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="shape"):
+        confusion_counts(np.zeros((2, 3), bool), np.zeros((3, 2), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        confusion_counts(np.zeros((2, 3)), np.zeros((2, 3), bool))
+    with pytest.raises(ValueError, match="ids"):
+        metrics_table(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 3), bool), ids=["a"])
