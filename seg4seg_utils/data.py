@@ -176,8 +176,9 @@ def read_dataset(root: str | os.PathLike, validate: str = "files", require_split
         raise DatasetError(f"{table_path}: not found ({hint}). Create the dataset with `python -m seg4seg_utils run` "
                            "(phantoms) or `python -m data_prep ...` (real data).")
     try:
+        # only empty cells are missing: attribute strings such as "NA" or "None" stay strings
         df = pd.read_csv(table_path, dtype={"id": str, "split": str, "image": str, "mask": str, "source": str},
-                         keep_default_na=True)
+                         keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{table_path}: cannot be parsed as CSV ({exc}).") from exc
     meta: dict[str, Any] = {}
@@ -249,11 +250,11 @@ class DatasetWriter:
             write_png(value, self.staging / folder / f"{sid}.png")
             return f"{folder}/{sid}.png"
         # an existing file (a raw download or a source dataset's file): reference it, never copy or modify it
-        src = Path(value).resolve()
+        src = Path(os.path.abspath(value))  # abspath, not resolve: keep the user's symlinked folder names
         if not src.is_file():
             raise DatasetError(f"{src}: referenced {folder[:-1]} of sample {sid!r} does not exist.")
         try:
-            return Path(os.path.relpath(src, self.final_root.resolve())).as_posix()
+            return Path(os.path.relpath(src, os.path.abspath(self.final_root))).as_posix()
         except ValueError:  # different drives on Windows
             return src.as_posix()
 
@@ -294,6 +295,8 @@ def build_dataset(root: str | os.PathLike, config: dict[str, Any], build: Callab
     """
     root = Path(root)
     digest = config_hash(config)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root}: is a file, not a folder. Choose a folder path for the dataset.")
     if (root / META_FILE).is_file() or root.exists() and any(root.iterdir()):
         existing = {}
         try:

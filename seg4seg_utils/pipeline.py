@@ -100,7 +100,7 @@ def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], o
     for cd in grid:  # the highest prevalence of seed 0 shows the most manipulated samples
         if cd.seed == grid[0].seed and cd.prevalence >= first.get(cd.case, cd).prevalence:
             first[cd.case] = cd
-    pairs = [(f"{c}: {CASES[c].title.split(' (')[0]}", bases[CASES[c].modality], cd.table)
+    pairs = [(f"{c}: {CASES[c].attribute.replace('_', ' ')}", bases[CASES[c].modality], cd.table)
              for c, cd in sorted(first.items())]
     injection_gallery(pairs).savefig(paths["injection_gallery"], dpi=110)
     counts = _counts_table(grid)

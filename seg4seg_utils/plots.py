@@ -13,12 +13,27 @@ __all__ = ["show_sample", "dataset_gallery", "injection_gallery"]
 MASK_COLOR = "#00e5ff"
 
 
+def _is_thin(mask: np.ndarray) -> bool:
+    """True for line-like masks (vessels), whose contours would bury the image: about 2 px thick or less."""
+    from scipy import ndimage as ndi
+
+    boundary = np.count_nonzero(mask & ~ndi.binary_erosion(mask))
+    return np.count_nonzero(mask) < 2.5 * max(boundary, 1)
+
+
 def show_sample(ax, image: np.ndarray, mask: np.ndarray | None = None, title: str | None = None,
                 color: str = MASK_COLOR) -> None:
-    """Draw an image with its mask as a contour line (keeps the pixels underneath visible)."""
+    """Draw an image with its mask: a contour for regions, a translucent fill for thin structures."""
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
     if mask is not None and mask.any() and not mask.all():
-        ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.9)
+        if _is_thin(mask):
+            from matplotlib.colors import to_rgba
+
+            overlay = np.zeros((*mask.shape, 4))
+            overlay[mask] = to_rgba(color, alpha=0.55)
+            ax.imshow(overlay, interpolation="nearest")
+        else:
+            ax.contour(mask.astype(float), levels=[0.5], colors=[color], linewidths=0.9)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -53,12 +68,14 @@ def injection_gallery(pairs: Sequence[tuple[str, SampleTable, SampleTable]], n: 
         failure = injected.df["failure"].astype(bool).to_numpy()
         pick = changed[_pick(len(changed), n, seed)] if len(changed) else []
         position = dict(zip(clean.df["id"], range(len(clean))))
+        mask_changed = injected.df["mask"].str.startswith("masks/").to_numpy()
         for k, i in enumerate(pick):
             j = position[injected.df["id"].iat[i]]
             show_sample(axes[r, 2 * k], clean.image(j), clean.mask(j), title="clean")
             tag = "failure" if failure[i] else "majority"
-            show_sample(axes[r, 2 * k + 1], injected.image(i), injected.mask(i), title=f"injected ({tag})",
-                        color="#ff4081" if failure[i] else MASK_COLOR)
+            # draw the mask only where it changed, so pixel changes (calipers, blur) stay visible
+            show_sample(axes[r, 2 * k + 1], injected.image(i), injected.mask(i) if mask_changed[i] else None,
+                        title=f"injected ({tag})", color="#ff4081")
         for k in range(2 * len(pick), 2 * n):
             axes[r, k].axis("off")
         axes[r, 0].set_ylabel(label, fontsize=9)
