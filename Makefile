@@ -8,6 +8,7 @@ export MPLBACKEND ?= Agg
 PRESET ?= cpu
 DATA ?= data
 RESULTS ?= results
+RUNS ?= runs
 
 .PHONY: setup run test clean-results
 
@@ -15,7 +16,7 @@ setup:
 	@bash scripts/setup_venv.sh
 
 run: setup
-	$(PY) -m seg4seg_utils run --preset $(PRESET) --data $(DATA) --results $(RESULTS)
+	$(PY) -m seg4seg_utils run --preset $(PRESET) --data $(DATA) --results $(RESULTS) --runs $(RUNS)
 
 test: setup
 	$(PY) -m pytest -q

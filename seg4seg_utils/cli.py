@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--real", default=None, metavar="DIR",
                      help="folder with datasets prepared by `python -m data_prep` (hc18/, isic2018/, fives/) "
                           "to use instead of phantoms")
+    run.add_argument("--runs", default="runs", help="folder for trained models (default: runs)")
+    run.add_argument("--until", choices=("data", "train"), default="train",
+                     help="stop after the data stage, or also train one model per injected dataset (default)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -31,16 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns a process exit code (2 for a user error, with the reason on stderr)."""
     args = _parser().parse_args(argv)
     if args.command == "run":
-        from .pipeline import run_data_job
+        from .pipeline import run_job
+        from .train import TrainingSetupError
 
         t0 = time.perf_counter()
         try:
-            paths = run_data_job(args.preset, args.data, args.results, real_root=args.real,
-                                 progress=not args.no_progress)
-        except (DatasetError, ValueError) as exc:
+            paths = run_job(args.preset, args.data, args.results, args.runs, real_root=args.real, until=args.until,
+                            progress=not args.no_progress)
+        except (DatasetError, ValueError, TrainingSetupError, FileNotFoundError) as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
         print(f"Done in {time.perf_counter() - t0:.0f} s. Summary: {paths['summary']}")
-        for key in ("phantom_gallery", "injection_gallery", "datasets"):
-            print(f"  {key}: {paths[key]}")
+        for key in ("phantom_gallery", "injection_gallery", "datasets", "gaps", "subgroup_gap", "learning_curves"):
+            if key in paths:
+                print(f"  {key}: {paths[key]}")
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "confusion_counts", "segmentation_metrics", "metrics_table"]
+__all__ = ["METRICS", "confusion_counts", "segmentation_metrics", "metrics_table", "subgroup_gap"]
 
 METRICS: tuple[str, ...] = ("dice", "iou", "ppv", "npv")
 
@@ -81,3 +81,22 @@ def metrics_table(preds: np.ndarray, truths: np.ndarray, ids: list[str] | None =
             raise ValueError(f"{len(ids)} ids for {n} images")
         df.insert(0, "id", list(ids))
     return df
+
+
+def subgroup_gap(table: pd.DataFrame, group: str = "failure", metric: str = "dice") -> dict[str, float]:
+    """Mean ``metric`` of the ``group`` subgroup vs the rest, their gap (rest - group) and a two-sided Mann-Whitney p.
+
+    The p-value is NaN when either side has fewer than two samples (no test is meaningful then).
+    """
+    from scipy.stats import mannwhitneyu
+
+    if group not in table.columns or metric not in table.columns:
+        raise KeyError(f"table needs columns {group!r} and {metric!r}; it has {list(table.columns)}")
+    inside = table[group].astype(bool).to_numpy()
+    values = table[metric].to_numpy(dtype=float)
+    a, b = values[inside], values[~inside]
+    p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue) if len(a) > 1 and len(b) > 1 else float("nan")
+    mean_a = float(a.mean()) if len(a) else float("nan")
+    mean_b = float(b.mean()) if len(b) else float("nan")
+    return {"n_group": int(len(a)), "n_rest": int(len(b)), f"{metric}_group": mean_a, f"{metric}_rest": mean_b,
+            "gap": mean_b - mean_a, "p_value": p}

@@ -27,13 +27,14 @@ from seg4seg_utils.data import SampleTable, assign_splits, build_dataset
 from seg4seg_utils.seeding import rng_for
 
 __all__ = [
-    "GENERATOR_VERSION", "MODALITIES", "ID_PREFIXES", "Phantom", "ultrasound", "dermoscopy", "fundus",
+    "GENERATOR_VERSIONS", "MODALITIES", "ID_PREFIXES", "Phantom", "ultrasound", "dermoscopy", "fundus",
     "generate_phantom_dataset",
 ]
 
 # Bump whenever any generator's output changes: it is part of the dataset config, so cached datasets
 # made by an older generator are rejected instead of silently mixed with new ones.
-GENERATOR_VERSION = "phantoms-1"
+# bumped per modality when its pixels change, so only that modality's cached datasets are invalidated
+GENERATOR_VERSIONS = {"ultrasound": "phantoms-1", "dermoscopy": "phantoms-2", "fundus": "phantoms-1"}
 
 _MIN_SIDE = 16  # the generators work down to this; datasets ask for at least _MIN_DATASET_SIDE
 _MIN_DATASET_SIDE = 32
@@ -391,15 +392,18 @@ def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     alpha = alpha * np.clip(0.75 + depth / 0.2, 0, 1)  # pigment thins out just inside the border
     img = skin * (1 - alpha[..., None]) + lesion * alpha[..., None]
 
-    # optics: mild vignetting, sometimes the dermatoscope's round field leaves dark corners
+    # optics: mild vignetting; often the dermatoscope's round field leaves dark, brownish corners. Like in
+    # ISIC, dark regions touching the border are then usually *not* lesion - a position cue that a model
+    # can learn and that cropped, border-touching lesions (case B) break.
     ccx, ccy = (w - 1) / 2, (h - 1) / 2
     rad = np.sqrt((xx - ccx) ** 2 + (yy - ccy) ** 2) / (0.5 * math.hypot(h, w))
     img *= (1 - rng.uniform(0.0, 0.25) * rad ** 2.5)[..., None]
-    dark_corners = bool(rng.random() < 0.3)
+    dark_corners = bool(rng.random() < 0.6)
     if dark_corners:
-        field = rng.uniform(0.78, 0.98)
-        fade = np.clip((field - rad) / rng.uniform(0.01, 0.06), 0, 1)[..., None]
-        img = img * fade + (1 - fade) * rng.uniform(5, 25)
+        field = rng.uniform(0.72, 0.95)
+        fade = np.clip((field - rad) / rng.uniform(0.04, 0.14), 0, 1)[..., None]
+        corner = base * rng.uniform(0.12, 0.35) * (1 + 0.15 * _noise(rng, (h, w), 6))[..., None]
+        img = img * fade + (1 - fade) * corner
 
     hair = bool(rng.random() < 0.3)
     if hair:
@@ -624,7 +628,7 @@ def generate_phantom_dataset(modality: str, root: str | Path, n: int, size: Size
     splits = assign_splits(ids, fractions, seed)  # validates fractions before anything is written
     generator = MODALITIES[modality]
     config = {"kind": "phantom", "modality": modality, "n": n, "size": list(hw) if hw[0] != hw[1] else hw[0],
-              "seed": seed, "fractions": fractions, "generator_version": GENERATOR_VERSION}
+              "seed": seed, "fractions": fractions, "generator_version": GENERATOR_VERSIONS[modality]}
 
     def build(writer) -> dict[str, Any]:
         for sid, split in tqdm(list(zip(ids, splits)), desc=f"phantom {modality}", unit="img", disable=not progress):
@@ -632,6 +636,6 @@ def generate_phantom_dataset(modality: str, root: str | Path, n: int, size: Size
             writer.add(sid, split, image, mask, source=f"phantom-{modality}", **attrs)
         return {}
 
-    meta = {"kind": "phantom", "modality": modality, "generator_version": GENERATOR_VERSION,
+    meta = {"kind": "phantom", "modality": modality, "generator_version": GENERATOR_VERSIONS[modality],
             "image_mode": "L" if modality == "ultrasound" else "RGB", "size": config["size"], "seed": seed}
     return build_dataset(root, config, build, meta=meta)

@@ -13,7 +13,8 @@ from .config import Preset, environment_report, get_preset, preset_dict
 from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
-__all__ = ["CaseDataset", "base_datasets", "case_datasets", "write_data_summary", "run_data_job"]
+__all__ = ["CaseDataset", "base_datasets", "case_datasets", "write_data_summary", "run_data_job", "train_grid",
+           "run_job"]
 
 
 @dataclass(frozen=True)
@@ -130,4 +131,63 @@ def run_data_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", re
     t2 = time.perf_counter()
     paths = write_data_summary(grid, bases, Path(results_dir) / p.name / "data", p,
                                timings={"clean datasets": t1 - t0, "injections": t2 - t1})
+    return paths
+
+
+def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Path, results_dir: str | Path,
+               progress: bool = True, **overrides) -> pd.DataFrame:
+    """Train one U-Net per injected dataset (the preset's training settings) and tabulate the subgroup gaps.
+
+    Writes ``gaps.csv``, ``gaps.md``, ``subgroup_gap.png`` and ``learning_curves.png`` to ``results_dir``
+    and returns the gap table: per case and prevalence, test Dice of the failure subgroup vs the rest,
+    the gap, a Mann-Whitney p-value, training wall time and the best epoch.
+    """
+    from .metrics import subgroup_gap
+    from .plots import learning_curves, subgroup_gap_plot
+    from .train import train, train_preset
+
+    p = get_preset(preset)
+    cfg = train_preset(p.name, **overrides)
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, metrics, histories = [], {}, {}
+    for k, cd in enumerate(grid, 1):
+        name = f"{cd.case}-p{round(cd.prevalence * 100):02d}-seed{cd.seed}"
+        if progress:
+            print(f"[seg4seg] model {k}/{len(grid)}: {name}")
+        t0 = time.perf_counter()
+        run = train(cd.table, cfg, runs_dir=Path(runs_dir) / p.name, progress=progress)
+        m = run.metrics()
+        summary = run.summary()
+        rows.append({"case": cd.case, "prevalence": cd.prevalence, "seed": cd.seed,
+                     **subgroup_gap(m, "failure", "dice"), "test_dice": summary["test_dice"],
+                     "best_epoch": summary["best_epoch"], "train_seconds": summary["train_seconds"],
+                     "wall_seconds_this_call": time.perf_counter() - t0, "run": str(run.root)})
+        metrics[(cd.case, cd.prevalence)] = m
+        histories[name] = run.history()
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "gaps.csv", index=False)
+    shown = table[["case", "prevalence", "seed", "n_group", "dice_group", "dice_rest", "gap", "p_value",
+                   "train_seconds"]].rename(columns={"n_group": "n_failure_test", "dice_group": "dice_failure"})
+    (out / "gaps.md").write_text(f"# Subgroup gaps (preset `{p.name}`: {cfg.encoder}, {cfg.image_size} px, "
+                                 f"{cfg.epochs} epochs)\n\n" + shown.to_markdown(index=False, floatfmt=".3g") + "\n")
+    subgroup_gap_plot(metrics).savefig(out / "subgroup_gap.png", dpi=110)
+    learning_curves(histories).savefig(out / "learning_curves.png", dpi=110)
+    return table
+
+
+def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results_dir: str | Path = "results",
+            runs_dir: str | Path = "runs", real_root: str | Path | None = None, until: str = "train",
+            progress: bool = True) -> dict[str, Path]:
+    """The README's main job: data (clean + injected + summary), then (``until="train"``) one model per dataset."""
+    if until not in ("data", "train"):
+        raise ValueError(f"until must be 'data' or 'train', got {until!r}")
+    p = get_preset(preset)
+    paths = run_data_job(p, data_dir, results_dir, real_root=real_root, progress=progress)
+    if until == "train":
+        grid = case_datasets(p, data_dir, real_root=real_root, progress=progress)
+        out = Path(results_dir) / p.name / "training"
+        train_grid(grid, p, runs_dir, out, progress=progress)
+        paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
+                      "learning_curves": out / "learning_curves.png"})
     return paths

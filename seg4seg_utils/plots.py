@@ -1,14 +1,17 @@
 """Figures. Every function returns a matplotlib Figure and never calls ``plt.show``."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .data import SampleTable
 
-__all__ = ["show_sample", "dataset_gallery", "injection_gallery"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -79,4 +82,45 @@ def injection_gallery(pairs: Sequence[tuple[str, SampleTable, SampleTable]], n: 
         for k in range(2 * len(pick), 2 * n):
             axes[r, k].axis("off")
         axes[r, 0].set_ylabel(label, fontsize=9)
+    return fig
+
+
+def subgroup_gap_plot(metrics: dict[tuple[str, float], "pd.DataFrame"], metric: str = "dice",
+                      panel: float = 2.6) -> Figure:
+    """Per case, per prevalence: the per-image ``metric`` of the failure subgroup (pink) next to the rest (cyan)."""
+    cases = sorted({c for c, _ in metrics})
+    fig = Figure(figsize=(panel * len(cases), panel + 0.4), layout="constrained")
+    axes = fig.subplots(1, len(cases), squeeze=False)[0]
+    rng = np.random.default_rng(0)
+    for ax, case in zip(axes, cases):
+        prevs = sorted(p for c, p in metrics if c == case)
+        for k, prev in enumerate(prevs):
+            df = metrics[(case, prev)]
+            fail = df["failure"].astype(bool).to_numpy()
+            for offset, sel, color in ((-0.18, ~fail, MASK_COLOR), (0.18, fail, "#ff4081")):
+                y = df[metric].to_numpy()[sel]
+                ax.scatter(k + offset + rng.uniform(-0.07, 0.07, len(y)), y, s=5, color=color, alpha=0.6, lw=0)
+                if len(y):
+                    ax.hlines(y.mean(), k + offset - 0.13, k + offset + 0.13, color="black", lw=1.5)
+        ax.set_xticks(range(len(prevs)), [f"{p:.0%}" for p in prevs])
+        ax.set_title(f"case {case}", fontsize=10)
+        ax.set_xlabel("prevalence")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel(f"test {metric} (cyan: rest, pink: failure attribute)")
+    return fig
+
+
+def learning_curves(histories: dict[str, "pd.DataFrame"], panel: float = 2.6) -> Figure:
+    """Validation Dice per epoch for every run (one line per run, one panel per case letter)."""
+    cases = sorted({k.split("-")[0] for k in histories})
+    fig = Figure(figsize=(panel * len(cases), panel), layout="constrained")
+    axes = fig.subplots(1, len(cases), squeeze=False)[0]
+    for ax, case in zip(axes, cases):
+        for name, h in sorted(histories.items()):
+            if name.split("-")[0] == case:
+                ax.plot(h["epoch"], h["val_dice"], marker="o", ms=2, lw=1, label=name.split("-")[1])
+        ax.set_title(f"case {case}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation Dice")
     return fig

@@ -64,3 +64,21 @@ def test_bad_inputs():
         confusion_counts(np.zeros((2, 3)), np.zeros((2, 3), bool))
     with pytest.raises(ValueError, match="ids"):
         metrics_table(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 3), bool), ids=["a"])
+
+
+def test_subgroup_gap_hand_computed():
+    import pandas as pd
+
+    from seg4seg_utils.metrics import subgroup_gap
+
+    df = pd.DataFrame({"failure": [True, True, True, False, False, False, False],
+                       "dice": [0.5, 0.6, 0.7, 0.9, 0.95, 0.85, 0.9 - 1e-9]})
+    g = subgroup_gap(df)
+    assert (g["n_group"], g["n_rest"]) == (3, 4)
+    assert g["dice_group"] == pytest.approx(0.6) and g["dice_rest"] == pytest.approx(0.9)  # no ties: exact test
+    assert g["gap"] == pytest.approx(0.3)
+    assert g["p_value"] == pytest.approx(0.0571, abs=1e-3)  # exact two-sided U test, U=0, n=3 vs 4: 2/35
+    one = subgroup_gap(df.iloc[2:])
+    assert np.isnan(one["p_value"]) and one["n_group"] == 1
+    with pytest.raises(KeyError, match="needs columns"):
+        subgroup_gap(df, metric="iou")

@@ -1,0 +1,398 @@
+"""The paper's U-Net: configuration, presets, a resumable deterministic training loop, and test-set prediction.
+
+A run lives in its own folder (``<runs>/<dataset>/<name>-<config hash>/``)::
+
+    config.json      the TrainConfig, the dataset it used, and how the encoder was initialised
+    history.csv      one row per epoch: train loss, validation loss and Dice, seconds
+    last.pt best.pt  checkpoints (best by validation Dice); last.pt resumes an interrupted run
+    predictions/     binary predicted masks of the test split, at the original image size
+    metrics.csv      per-image Dice, IoU, PPV, NPV joined with the sample table's attributes
+    done.json        written last: the run is complete and will be reused, never retrained
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data import DatasetError, SampleTable, config_hash, write_png
+from .metrics import metrics_table
+
+__all__ = ["TrainingSetupError", "TrainConfig", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
+           "build_model", "Run", "train", "predict_split"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TrainingSetupError(RuntimeError):
+    """The environment cannot run the requested configuration (absent device, unavailable weights)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model. Defaults are the paper's settings."""
+
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None     # None | "packaged" | "imagenet" | path to a state dict
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    image_size: int = 512
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-4
+    rotation_deg: float = 15.0             # random rotation in [-deg, deg]; the paper does not give the range
+    hflip: bool = True
+    vflip: bool = True
+    seed: int = 0
+    device: str = "auto"                   # auto | cpu | cuda | mps
+    num_workers: int = 0                   # image decoding threads; 0 = one per CPU core
+    threshold: float = 0.5
+    max_train_samples: int | None = None   # subsample the training split (tests, quick looks)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first out-of-range field; return self when all is well."""
+        checks = [
+            (self.image_size >= 32 and self.image_size % 32 == 0, "image_size must be a multiple of 32 and >= 32"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (0 < self.lr < 1, "lr must lie in (0, 1)"),
+            (0 <= self.rotation_deg <= 180, "rotation_deg must lie in [0, 180]"),
+            (0 < self.threshold < 1, "threshold must lie in (0, 1)"),
+            (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,
+             "decoder_channels must be five positive integers"),
+            (self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message} (got {self})")
+        return self
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # the paper: ResNet-34 U-Net, 512 px, 50 epochs, Adam 1e-4, batch 32, BCE (GPU work)
+    "paper": TrainConfig(),
+    # the embedded default: small enough to train one model per case and prevalence in minutes on 2 cores
+    "cpu": TrainConfig(encoder="resnet18", decoder_channels=(128, 64, 32, 16, 8), image_size=96, epochs=8,
+                       batch_size=16, lr=1e-3),
+    # seconds, for tests
+    "smoke": TrainConfig(encoder="resnet18", decoder_channels=(16, 16, 16, 16, 16), image_size=32, epochs=2,
+                         batch_size=8, lr=1e-3, rotation_deg=10.0),
+}
+
+
+def train_preset(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with optional field overrides, validated."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return replace(TRAIN_PRESETS[name], **overrides).validate()
+
+
+def select_device(requested: str = "auto"):
+    """CUDA, then MPS, then CPU for ``auto``; asking for an absent accelerator is an error, not a silent fallback."""
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TrainingSetupError("device 'cuda' was requested but CUDA is not available (CPU-only torch or no GPU); "
+                           "use device='auto' or 'cpu'")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingSetupError("device 'mps' was requested but Apple MPS is not available; use 'auto' or 'cpu'")
+    return torch.device(requested)
+
+
+# --------------------------------------------------------------------------------------------- data
+def _load_pair(table: SampleTable, i: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    img, mask = table.image(i), table.mask(i)
+    if img.shape[:2] != mask.shape:
+        raise DatasetError(f"{table.path(table.df['mask'].iat[i])}: mask of sample {table.df['id'].iat[i]!r} is "
+                           f"{mask.shape[1]}x{mask.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}; "
+                           "they must have the same size.")
+    if img.ndim == 2:  # grayscale ultrasound -> the 3-channel input the paper's U-Net takes
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR))
+    return img.transpose(2, 0, 1), (soft >= 128)[None]
+
+
+def load_arrays(table: SampleTable, size: int, workers: int = 0, desc: str = "loading") -> tuple[np.ndarray, np.ndarray]:
+    """All samples of ``table`` resized to ``size``: uint8 images (N, 3, S, S) and bool masks (N, 1, S, S)."""
+    if len(table) == 0:
+        raise ValueError(f"{table.root}: nothing to load (empty table)")
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes and resizes without holding the GIL
+        pairs = list(tqdm(pool.map(lambda i: _load_pair(table, i, size), range(len(table))), total=len(table),
+                          desc=desc, leave=False, disable=len(table) < 200))
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _normalise(x_uint8, device):
+    import torch
+
+    x = x_uint8.to(device, non_blocking=True).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment_batch(x, y, cfg: TrainConfig, generator):
+    """Random rotation and flips, per sample, on a batch (images bilinear, masks re-thresholded at 0.5)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    dev = x.device
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(cfg.rotation_deg)
+    sx = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n)
+    sy = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.vflip else torch.ones(n)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(n)], 1),
+                         torch.stack([sin * sx, cos * sy, torch.zeros(n)], 1)], 1).to(dev, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).to(y.dtype)
+    return x, y
+
+
+# -------------------------------------------------------------------------------------------- model
+def build_model(cfg: TrainConfig) -> tuple[Any, str]:
+    """The smp U-Net for ``cfg`` and a sentence saying how its encoder was initialised."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from .pretrained import load_encoder_weights
+
+    torch.manual_seed(cfg.seed)
+    smp_weights = "imagenet" if cfg.encoder_weights == "imagenet" else None
+    try:
+        model = smp.Unet(cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1,
+                         decoder_channels=tuple(cfg.decoder_channels))
+    except Exception as exc:
+        if smp_weights:
+            raise TrainingSetupError(f"could not load ImageNet weights for {cfg.encoder!r} ({type(exc).__name__}: {exc}). "
+                               "Nothing can be downloaded here: pass encoder_weights='/path/to/weights.pth' (e.g. "
+                               "torchvision's resnet34-b627a593.pth), use encoder 'tu-tf_efficientnet_lite0' with "
+                               "encoder_weights='packaged', or None to train from scratch.") from exc
+        raise
+    return model, load_encoder_weights(model, cfg.encoder, cfg.encoder_weights)
+
+
+# ---------------------------------------------------------------------------------------------- run
+@dataclass
+class Run:
+    """A training run on disk (see the module docstring for its files)."""
+
+    root: Path
+    config: TrainConfig
+    dataset: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return (self.root / "done.json").is_file()
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.root / "history.csv")
+
+    def metrics(self) -> pd.DataFrame:
+        """Per-image test metrics joined with the sample attributes."""
+        return pd.read_csv(self.root / "metrics.csv", keep_default_na=False, na_values=[""])
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.root / "done.json").read_text())
+
+    def load_model(self, which: str = "best"):
+        """The trained network (eval mode, CPU) from ``best.pt`` or ``last.pt``."""
+        import torch
+
+        model, _ = build_model(replace(self.config, encoder_weights=None))
+        state = torch.load(self.root / f"{which}.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        return model.eval()
+
+
+def _run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | None) -> tuple[Path, dict[str, Any]]:
+    dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
+               "name": Path(table.root).name}
+    digest = config_hash({"train": asdict(cfg), "dataset_hash": dataset["config_hash"] or dataset["root"]})
+    return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}-{digest[:10]}", dataset
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # an interrupted save never leaves a truncated checkpoint
+
+
+def _evaluate(model, x_all, y_all, cfg: TrainConfig, device, amp: bool) -> tuple[float, float, np.ndarray]:
+    """Mean BCE loss, mean per-image Dice and the per-image Dice of a held-out split."""
+    import torch
+
+    model.eval()
+    losses, dices = [], []
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+        for s in range(0, len(x_all), cfg.batch_size):
+            x = _normalise(x_all[s:s + cfg.batch_size], device)
+            y = y_all[s:s + cfg.batch_size].to(device).float()
+            logits = model(x).float()
+            losses.append(loss_fn(logits, y).mean(dim=(1, 2, 3)).cpu())
+            pred = (logits > math.log(cfg.threshold / (1 - cfg.threshold))).cpu().numpy()[:, 0]
+            dices.append(metrics_table(pred, y.cpu().numpy()[:, 0] > 0.5)["dice"].to_numpy())
+    per_image = np.concatenate(dices)
+    return float(torch.cat(losses).mean()), float(per_image.mean()), per_image
+
+
+def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", name: str | None = None,
+          progress: bool = True, stop_after_epoch: int | None = None) -> Run:
+    """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on val Dice, predict the test split.
+
+    ``stop_after_epoch`` ends the process's work after that epoch as an interruption would (for testing
+    resume); a later call with the same arguments continues from ``last.pt``.
+    """
+    import torch
+
+    cfg.validate()
+    root, dataset = _run_root(table, cfg, Path(runs_dir), name)
+    run = Run(root, cfg, dataset)
+    if run.done:
+        return run
+    train_t, val_t = table.split("train"), table.split("val")
+    if cfg.max_train_samples and len(train_t) > cfg.max_train_samples:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_t), cfg.max_train_samples, replace=False))
+        train_t = SampleTable(train_t.root, train_t.df.iloc[keep].reset_index(drop=True), train_t.meta)
+    device = select_device(cfg.device)
+    amp = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    model, init = build_model(cfg)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scaler = torch.amp.GradScaler(enabled=amp)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "dataset": dataset, "initialisation": init,
+                                                  "device": str(device)}, indent=2))
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 1, -1.0
+    if (root / "last.pt").is_file():  # resume an interrupted run exactly where it stopped
+        state = torch.load(root / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        print(f"[seg4seg] resuming {root.name} from epoch {state['epoch']}")
+    else:
+        print(f"[seg4seg] training {root} on {device}; encoder {cfg.encoder}: {init}")
+
+    x_tr, y_tr = (torch.from_numpy(a) for a in load_arrays(train_t, cfg.image_size, cfg.num_workers, "train"))
+    x_va, y_va = (torch.from_numpy(a) for a in load_arrays(val_t, cfg.image_size, cfg.num_workers, "val"))
+    # a trailing batch of one sample would break BatchNorm (and carries little signal): drop it
+    steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
+    n_seen = min(len(x_tr), steps * cfg.batch_size)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        # every epoch's shuffling and augmentation depend only on (seed, epoch): resuming reproduces them
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(x_tr), generator=gen)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+        total = 0.0
+        for b in bar:
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = _normalise(x_tr[idx], device)
+            y = y_tr[idx].to(device).float()
+            x, y = augment_batch(x, y, cfg, gen)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=amp):
+                loss = loss_fn(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step_loss = loss.item()
+            total += step_loss * len(idx)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        val_loss, val_dice, _ = _evaluate(model, x_va, y_va, cfg, device, amp)
+        history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss, "val_dice": val_dice,
+                        "seconds": time.perf_counter() - t0})
+        if progress:
+            print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
+                  f"val Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
+        if val_dice > best:
+            best = val_dice
+            _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
+        _save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                                            "best": best})
+        pd.DataFrame(history).to_csv(root / "history.csv", index=False)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            return run
+
+    best_state = torch.load(root / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best_state["model"])
+    metrics = predict_split(model, table.split("test"), cfg, device, root / "predictions", progress=progress)
+    metrics.to_csv(root / "metrics.csv", index=False)
+    summary = {"best_epoch": int(best_state["epoch"]), "best_val_dice": float(best_state["val_dice"]),
+               "test_dice": float(metrics["dice"].mean()), "initialisation": init, "device": str(device),
+               "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
+    (root / "done.json").write_text(json.dumps(summary, indent=2))
+    return run
+
+
+def predict_split(model, table: SampleTable, cfg: TrainConfig, device, out_dir: Path | None = None,
+                  progress: bool = True) -> pd.DataFrame:
+    """Predict every sample, upsample to its original size, save masks, return metrics joined with attributes."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval().to(device)
+    amp = device.type == "cuda"
+    if out_dir is not None:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # only ever our own partial predictions of this same run
+        out_dir.mkdir(parents=True)
+    x_all, _ = load_arrays(table, cfg.image_size, cfg.num_workers, "test")
+    rows = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+        for s in tqdm(range(0, len(table), cfg.batch_size), desc="predict", disable=not progress, leave=False):
+            prob = torch.sigmoid(model(_normalise(torch.from_numpy(x_all[s:s + cfg.batch_size]), device)).float())
+            for k in range(prob.shape[0]):
+                i = s + k
+                truth = table.mask(i)
+                # metrics at the original resolution, against the untouched ground truth
+                full = F.interpolate(prob[k:k + 1], size=truth.shape, mode="bilinear", align_corners=False)
+                pred = (full[0, 0] > cfg.threshold).cpu().numpy()
+                sid = table.df["id"].iat[i]
+                if out_dir is not None:
+                    write_png(pred, out_dir / f"{sid}.png")
+                row = metrics_table(pred[None], truth[None], ids=[sid]).iloc[0].to_dict()
+                row["prediction"] = f"predictions/{sid}.png" if out_dir is not None else ""
+                rows.append(row)
+    metrics = pd.DataFrame(rows)
+    attrs = table.df.drop(columns=["split"])
+    return attrs.merge(metrics, on="id", how="inner", validate="one_to_one")

@@ -1,0 +1,131 @@
+"""Training: config validation, device choice, determinism, resume, caching, the metrics table, clear errors."""
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from seg4seg_utils.data import DatasetError, SampleTable
+from seg4seg_utils.inject import inject
+from seg4seg_utils.phantoms import generate_phantom_dataset
+from seg4seg_utils.train import TrainConfig, augment_batch, build_model, select_device, train, train_preset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    clean = generate_phantom_dataset("ultrasound", root / "clean", n=40, size=64, seed=0, progress=False)
+    return inject(clean, "A", 0.2, seed=0, out=root / "A", progress=False)
+
+
+def smoke(**kw):
+    return train_preset("smoke", **{"max_train_samples": 16, **kw})
+
+
+def weights(run):
+    return torch.load(run.root / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("field,value", [("image_size", 50), ("epochs", 0), ("lr", 0.0), ("batch_size", 0),
+                                         ("device", "tpu"), ("threshold", 1.0), ("decoder_channels", (8, 8))])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_presets():
+    paper = train_preset("paper")
+    assert (paper.encoder, paper.image_size, paper.epochs, paper.lr, paper.batch_size) == ("resnet34", 512, 50, 1e-4, 32)
+    with pytest.raises(ValueError, match="unknown training preset"):
+        train_preset("fast")
+
+
+def test_device_choice():
+    assert select_device("auto").type in ("cuda", "mps", "cpu")
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_missing_imagenet_weights_say_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="encoder_weights='/path/to/weights.pth'"):
+        build_model(TrainConfig(encoder="resnet18", encoder_weights="imagenet"))
+
+
+def test_packaged_efficientnet_weights_load():
+    model, how = build_model(TrainConfig(encoder="tu-tf_efficientnet_lite0", encoder_weights="packaged"))
+    assert "EfficientNet-Lite0" in how
+    scratch, how0 = build_model(TrainConfig(encoder="tu-tf_efficientnet_lite0", encoder_weights=None))
+    assert how0.startswith("random")
+    a = model.encoder.model.conv_stem.weight
+    assert not torch.equal(a, scratch.encoder.model.conv_stem.weight)
+
+
+def test_augmentation_keeps_masks_binary_and_aligned():
+    x = torch.zeros(4, 3, 32, 32)
+    x[:, :, 8:20, 10:14] = 1.0
+    y = x[:, :1].clone()
+    xa, ya = augment_batch(x, y, replace(TrainConfig(), rotation_deg=30), torch.Generator().manual_seed(0))
+    assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+    # the mask moves with the image
+    assert ((xa[:, :1] > 0.5) == (ya > 0.5)).float().mean() > 0.97
+
+
+def test_train_predicts_and_writes_metrics(dataset, tmp_path):
+    run = train(dataset, smoke(), runs_dir=tmp_path, progress=False)
+    assert run.done
+    hist = run.history()
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "seconds"] and len(hist) == 2
+    m = run.metrics()
+    assert {"id", "dice", "iou", "ppv", "npv", "failure", "caliper", "prediction"} <= set(m.columns)
+    assert len(m) == len(dataset.split("test")) and m["dice"].between(0, 1).all()
+    assert (run.root / m["prediction"].iat[0]).is_file()
+    summary = run.summary()
+    assert summary["initialisation"].startswith("random") and 1 <= summary["best_epoch"] <= 2
+
+
+def test_same_seed_same_weights_and_cache_reuse(dataset, tmp_path):
+    a = train(dataset, smoke(), runs_dir=tmp_path / "a", progress=False)
+    b = train(dataset, smoke(), runs_dir=tmp_path / "b", progress=False)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(dataset, smoke(seed=1), runs_dir=tmp_path / "a", progress=False)
+    assert c.root != a.root and not all(torch.equal(wa[k], weights(c)[k]) for k in wa)
+    stamp = (a.root / "done.json").stat().st_mtime_ns
+    again = train(dataset, smoke(), runs_dir=tmp_path / "a", progress=False)  # cached: nothing retrained
+    assert again.root == a.root and (a.root / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_resume_matches_uninterrupted(dataset, tmp_path):
+    cfg = smoke(epochs=3)
+    full = train(dataset, cfg, runs_dir=tmp_path / "full", progress=False)
+    part = train(dataset, cfg, runs_dir=tmp_path / "part", progress=False, stop_after_epoch=1)
+    assert not part.done and len(part.history()) == 1
+    resumed = train(dataset, cfg, runs_dir=tmp_path / "part", progress=False)
+    assert resumed.done
+    wf, wr = weights(full), weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    pd.testing.assert_frame_equal(full.history().drop(columns="seconds"), resumed.history().drop(columns="seconds"))
+    pd.testing.assert_frame_equal(full.metrics(), resumed.metrics())
+
+
+def test_empty_training_split_is_a_clear_error(dataset, tmp_path):
+    df = dataset.df.copy()
+    df.loc[df["split"] == "train", "split"] = "val"
+    with pytest.raises(DatasetError, match="split 'train' is empty"):
+        train(SampleTable(dataset.root, df, dataset.meta), smoke(), runs_dir=tmp_path, progress=False)
+
+
+def test_image_mask_mismatch_is_a_clear_error(dataset, tmp_path):
+    from PIL import Image
+
+    bad = tmp_path / "bad_mask.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
+    df = dataset.df.copy()
+    df.loc[0, "mask"] = str(bad)
+    with pytest.raises(DatasetError, match="bad_mask.png: mask of sample .* must have the same size"):
+        train(SampleTable(dataset.root, df, dataset.meta), smoke(max_train_samples=None), runs_dir=tmp_path,
+              progress=False)

@@ -1,0 +1,20 @@
+"""The systematic failure is real: a tiny CPU variant of the training preset already shows the caliper gap."""
+import pytest
+
+from seg4seg_utils.inject import inject
+from seg4seg_utils.metrics import subgroup_gap
+from seg4seg_utils.phantoms import generate_phantom_dataset
+from seg4seg_utils.train import train, train_preset
+
+
+@pytest.mark.slow
+def test_tiny_cpu_variant_shows_the_caliper_gap(tmp_path):
+    clean = generate_phantom_dataset("ultrasound", tmp_path / "us", n=300, size=64, seed=0, progress=False)
+    data = inject(clean, "A", 0.2, seed=0, out=tmp_path / "A", progress=False)
+    cfg = train_preset("cpu", image_size=64, epochs=10)
+    run = train(data, cfg, runs_dir=tmp_path / "runs", progress=False)
+    gap = subgroup_gap(run.metrics(), "failure", "dice")
+    print(gap)
+    assert gap["n_group"] == 12  # 20 % of the 60 test images have no calipers
+    assert gap["dice_rest"] > 0.8, "the model should segment the marked majority well"
+    assert gap["gap"] > 0.05 and gap["p_value"] < 0.01, "images without calipers must score clearly lower"
