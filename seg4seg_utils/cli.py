@@ -24,8 +24,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder with datasets prepared by `python -m data_prep` (hc18/, isic2018/, fives/) "
                           "to use instead of phantoms")
     run.add_argument("--runs", default="runs", help="folder for trained models (default: runs)")
-    run.add_argument("--until", choices=("data", "train"), default="train",
-                     help="stop after the data stage, or also train one model per injected dataset (default)")
+    run.add_argument("--until", choices=("data", "train", "detect"), default="detect",
+                     help="stop after the data stage, after training, or run the detection benchmark too (default)")
+    run.add_argument("--clip-weights", default=None, metavar="FILE",
+                     help="open_clip weights file for the paper's CLIP ViT-B-32 embedder; without it the packaged "
+                          "ImageNet EfficientNet-Lite0 is used (and named as such in every output)")
+    run.add_argument("--cache", default="cache/embeddings", help="embedding cache folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -35,17 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         from .pipeline import run_job
+        from .embed import EmbedderUnavailable
         from .train import TrainingSetupError
 
         t0 = time.perf_counter()
         try:
             paths = run_job(args.preset, args.data, args.results, args.runs, real_root=args.real, until=args.until,
-                            progress=not args.no_progress)
-        except (DatasetError, ValueError, TrainingSetupError, FileNotFoundError) as exc:
+                            clip_weights=args.clip_weights, cache_dir=args.cache, progress=not args.no_progress)
+        except (DatasetError, ValueError, TrainingSetupError, EmbedderUnavailable, FileNotFoundError) as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
         print(f"Done in {time.perf_counter() - t0:.0f} s. Summary: {paths['summary']}")
-        for key in ("phantom_gallery", "injection_gallery", "datasets", "gaps", "subgroup_gap", "learning_curves"):
+        for key in ("phantom_gallery", "injection_gallery", "datasets", "gaps", "subgroup_gap", "learning_curves",
+                    "detection", "detection_heatmap"):
             if key in paths:
                 print(f"  {key}: {paths[key]}")
     return 0

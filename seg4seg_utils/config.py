@@ -20,18 +20,19 @@ class Preset:
     n_images: int                 # per phantom modality (ignored when real data is used)
     image_size: int               # phantom generation size in pixels
     prevalences: tuple[float, ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]        # data/training seeds (one model each)
+    slicer_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # slicer seeds per model (UMAP + EM initialisation)
     real_data: bool = False       # the paper preset reads prepared real datasets instead of phantoms
 
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", "seconds, for tests and nbval: tiny phantoms, one prevalence",
-                    n_images=40, image_size=64, prevalences=(0.2,), seeds=(0,)),
+                    n_images=40, image_size=64, prevalences=(0.2,), seeds=(0,), slicer_seeds=(0,)),
     "cpu": Preset("cpu", "the embedded default: phantoms, all prevalences, minutes on 2 CPU cores",
                   n_images=1000, image_size=256, prevalences=(0.05, 0.10, 0.20), seeds=(0,)),
     "paper": Preset("paper", "the paper's settings: real HC18 / ISIC2018 / FIVES prepared with data_prep, GPU",
                     n_images=0, image_size=512, prevalences=(0.05, 0.10, 0.20), seeds=(0, 1, 2, 3, 4),
-                    real_data=True),
+                    slicer_seeds=(0,), real_data=True),
 }
 
 

@@ -14,7 +14,7 @@ from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
 __all__ = ["CaseDataset", "base_datasets", "case_datasets", "write_data_summary", "run_data_job", "train_grid",
-           "run_job"]
+           "detection_benchmark", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -176,18 +176,64 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
     return table
 
 
+def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, results_dir: str | Path,
+                        embedder=None, cache_dir: str | Path = "cache/embeddings", n_jobs: int = 2,
+                        image_variants=("x0",), performances=(("dice",),), settings=None,
+                        progress: bool = True) -> pd.DataFrame:
+    """Slice every trained model's test split with every slicer seed and judge it; write the detection tables.
+
+    Writes ``detection_items.jsonl`` (one row per fit, resumable), ``detection_rates.csv``/``.md`` and
+    ``detection_heatmap.png`` to ``results_dir``; returns the detection-rate table.
+    """
+    from .embed import default_embedder
+    from .experiments import SlicerSettings, _load_run, benchmark_items, detection_table, run_benchmark
+    from .plots import detection_heatmap
+
+    p = get_preset(preset)
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    embedder = embedder or default_embedder()
+    run_of = {(r.case, r.prevalence, r.seed): r.run for r in gaps.itertuples()}
+    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, _load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
+            for cd in grid]
+    items = benchmark_items(runs, p.slicer_seeds, image_variants, performances, settings or SlicerSettings())
+    rows = run_benchmark(items, embedder, out / "detection_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
+                         progress=progress)
+    table = detection_table(rows, by=("case", "prevalence", "image_variant", "performance"))
+    table.to_csv(out / "detection_rates.csv", index=False)
+    (out / "detection_rates.md").write_text(
+        f"# Detection rates (preset `{p.name}`, embedder: {embedder.name}, {len(p.slicer_seeds)} slicer seeds "
+        f"x {len(p.seeds)} model seeds)\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+    default = table[(table["image_variant"] == image_variants[0]) & (table["performance"] == "+".join(performances[0]))]
+    detection_heatmap(default).savefig(out / "detection_heatmap.png", dpi=110)
+    return table
+
+
 def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results_dir: str | Path = "results",
-            runs_dir: str | Path = "runs", real_root: str | Path | None = None, until: str = "train",
+            runs_dir: str | Path = "runs", real_root: str | Path | None = None, until: str = "detect",
+            clip_weights: str | None = None, cache_dir: str | Path = "cache/embeddings",
             progress: bool = True) -> dict[str, Path]:
-    """The README's main job: data (clean + injected + summary), then (``until="train"``) one model per dataset."""
-    if until not in ("data", "train"):
-        raise ValueError(f"until must be 'data' or 'train', got {until!r}")
+    """The README's main job: data, one model per injected dataset, then the detection-rate benchmark.
+
+    ``until`` stops early: ``"data"`` (clean + injected datasets and their summary), ``"train"`` (also the
+    models and subgroup gaps) or ``"detect"`` (everything).
+    """
+    stages = ("data", "train", "detect")
+    if until not in stages:
+        raise ValueError(f"until must be one of {stages}, got {until!r}")
     p = get_preset(preset)
     paths = run_data_job(p, data_dir, results_dir, real_root=real_root, progress=progress)
-    if until == "train":
+    if stages.index(until) >= 1:
         grid = case_datasets(p, data_dir, real_root=real_root, progress=progress)
         out = Path(results_dir) / p.name / "training"
-        train_grid(grid, p, runs_dir, out, progress=progress)
+        gaps = train_grid(grid, p, runs_dir, out, progress=progress)
         paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
                       "learning_curves": out / "learning_curves.png"})
+    if until == "detect":
+        from .embed import default_embedder
+
+        out = Path(results_dir) / p.name / "detection"
+        detection_benchmark(grid, gaps, p, out, embedder=default_embedder(clip_weights), cache_dir=cache_dir,
+                            progress=progress)
+        paths.update({"detection": out / "detection_rates.md", "detection_heatmap": out / "detection_heatmap.png"})
     return paths

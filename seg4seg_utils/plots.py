@@ -11,7 +11,8 @@ from .data import SampleTable
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves"]
+__all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
+           "detection_heatmap"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -123,4 +124,25 @@ def learning_curves(histories: dict[str, "pd.DataFrame"], panel: float = 2.6) ->
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("validation Dice")
+    return fig
+
+
+def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection_rate", "perf_pass", "purity_pass"),
+                      panel: float = 0.9) -> Figure:
+    """Cases (rows) x prevalences (columns) per value (paper Fig. 3a/3b style): detection, perf-pass, purity-pass."""
+    pivots = [table.pivot_table(index="case", columns="prevalence", values=v, aggfunc="mean") for v in values]
+    rows, cols = pivots[0].shape
+    fig = Figure(figsize=(len(values) * (0.9 + panel * cols), 1.0 + 0.5 * rows), layout="constrained")
+    axes = fig.subplots(1, len(values), squeeze=False)[0]
+    for ax, value, pivot in zip(axes, values, pivots):
+        arr = pivot.to_numpy(dtype=float)
+        im = ax.imshow(arr, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (r, c), v in np.ndenumerate(arr):
+            ax.text(c, r, "-" if np.isnan(v) else f"{v:.1f}", ha="center", va="center",
+                    color="white" if (np.isnan(v) or v < 0.6) else "black", fontsize=9)
+        ax.set_xticks(range(arr.shape[1]), [f"{p:.0%}" for p in pivot.columns])
+        ax.set_yticks(range(arr.shape[0]), [f"case {c}" for c in pivot.index])
+        ax.set_xlabel("prevalence")
+        ax.set_title(value.replace("_", " ").replace("detection rate", "detection rate (criterion)"), fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
     return fig

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import DatasetError, SampleTable, config_hash, write_png
 from .metrics import metrics_table
 
-__all__ = ["TrainingSetupError", "TrainConfig", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
+__all__ = ["TrainingSetupError", "TrainConfig", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
            "build_model", "Run", "train", "predict_split"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,12 +143,20 @@ def load_arrays(table: SampleTable, size: int, workers: int = 0, desc: str = "lo
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _normalise(x_uint8, device):
+def input_stats(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) the encoder's weights expect: [-1, 1] scaling for TF-ported EfficientNets, else ImageNet."""
+    if encoder.startswith("tu-tf_efficientnet"):
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _normalise(x_uint8, device, encoder: str = "resnet34"):
     import torch
 
+    mean_v, std_v = input_stats(encoder)
     x = x_uint8.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean_v, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std_v, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -251,7 +259,7 @@ def _evaluate(model, x_all, y_all, cfg: TrainConfig, device, amp: bool) -> tuple
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         for s in range(0, len(x_all), cfg.batch_size):
-            x = _normalise(x_all[s:s + cfg.batch_size], device)
+            x = _normalise(x_all[s:s + cfg.batch_size], device, cfg.encoder)
             y = y_all[s:s + cfg.batch_size].to(device).float()
             logits = model(x).float()
             losses.append(loss_fn(logits, y).mean(dim=(1, 2, 3)).cpu())
@@ -323,7 +331,7 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
         total = 0.0
         for b in bar:
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _normalise(x_tr[idx], device)
+            x = _normalise(x_tr[idx], device, cfg.encoder)
             y = y_tr[idx].to(device).float()
             x, y = augment_batch(x, y, cfg, gen)
             if device.type == "cuda":
@@ -380,7 +388,8 @@ def predict_split(model, table: SampleTable, cfg: TrainConfig, device, out_dir: 
     rows = []
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         for s in tqdm(range(0, len(table), cfg.batch_size), desc="predict", disable=not progress, leave=False):
-            prob = torch.sigmoid(model(_normalise(torch.from_numpy(x_all[s:s + cfg.batch_size]), device)).float())
+            x = _normalise(torch.from_numpy(x_all[s:s + cfg.batch_size]), device, cfg.encoder)
+            prob = torch.sigmoid(model(x).float())
             for k in range(prob.shape[0]):
                 i = s + k
                 truth = table.mask(i)

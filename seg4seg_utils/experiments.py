@@ -1,0 +1,186 @@
+"""The detection-rate benchmark: slicer fits over cases x prevalences x seeds x variants, cached and parallel.
+
+One *item* = one trained model's test predictions (a case at a prevalence, data seed), one slicer seed,
+one image variant (``x0``, ``x0*M_GT``, ``x0*M_pred``) and one performance variant (e.g. ``("dice",)``).
+Each item fits a :class:`~seg4seg_utils.slicer.SliceFinder` on the test split and is judged by
+:func:`~seg4seg_utils.protocol.evaluate_slices` against the hidden ``failure`` attribute. Results are
+appended to a JSON-lines file keyed by a hash of everything that defines the item, so an interrupted
+benchmark resumes where it stopped and a finished one is read back instantly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import config_hash
+
+__all__ = ["SlicerSettings", "BenchmarkItem", "benchmark_items", "run_item", "run_benchmark", "detection_table"]
+
+@dataclass(frozen=True)
+class SlicerSettings:
+    """Slicer hyper-parameters shared by every item of a benchmark (``n_slices=None``: the case's default)."""
+
+    gamma: float = 10.0
+    n_slices: int | None = None
+    performance_model: str = "gaussian"
+    transform: str = "logit"
+    reduce: str | None = "umap"
+    n_components: int = 8
+    method: str = "seg4seg"   # seg4seg | gmm (gamma=0) | kmeans | error_ranking
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """Everything that defines one slicer fit (all plain values, so it hashes and pickles cheaply)."""
+
+    case: str
+    prevalence: float
+    data_seed: int
+    slicer_seed: int
+    image_variant: str
+    performance: tuple[str, ...]
+    run_root: str
+    dataset_root: str
+    settings: SlicerSettings = field(default_factory=SlicerSettings)
+
+    @property
+    def key(self) -> str:
+        return config_hash({**asdict(self), "run_root": Path(self.run_root).name})
+
+
+def benchmark_items(runs: Iterable[tuple[str, float, int, Any, Any]], slicer_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                    image_variants: Sequence[str] = ("x0",), performances: Sequence[tuple[str, ...]] = (("dice",),),
+                    settings: SlicerSettings = SlicerSettings()) -> list[BenchmarkItem]:
+    """The full grid of items from ``(case, prevalence, data_seed, table, run)`` tuples."""
+    items = []
+    for case, prevalence, data_seed, table, run in runs:
+        for variant in image_variants:
+            for perf in performances:
+                for s in slicer_seeds:
+                    items.append(BenchmarkItem(case, float(prevalence), int(data_seed), int(s), variant,
+                                               tuple(perf), str(run.root), str(table.root), settings))
+    return items
+
+
+def _slicer(item: BenchmarkItem, n_slices: int):
+    from .slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder
+
+    st = item.settings
+    if st.method == "kmeans":
+        return KMeansSlicer(n_slices=n_slices, reduce=None, random_state=item.slicer_seed)
+    if st.method == "error_ranking":
+        return ErrorRankingSlicer(n_slices=n_slices)
+    gamma = 0.0 if st.method == "gmm" else st.gamma
+    return SliceFinder(n_slices=n_slices, gamma=gamma, performance_model=st.performance_model,
+                       transform=st.transform, reduce=None, random_state=item.slicer_seed)
+
+
+def _load_run(run_root: str | os.PathLike):
+    from .train import Run, TrainConfig
+
+    cfg = json.loads((Path(run_root) / "config.json").read_text())["train"]
+    cfg["decoder_channels"] = tuple(cfg["decoder_channels"])
+    return Run(Path(run_root), TrainConfig(**cfg))
+
+
+def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str) -> dict[str, Any]:
+    """Fit and judge one item on precomputed test-split embeddings ``X`` (rows in ``ids`` order)."""
+    from .embed import performance_matrix
+    from .inject import CASES
+    from .protocol import evaluate_slices
+    from .slicer import reduce_embeddings
+
+    metrics = _load_run(item.run_root).metrics()
+    Y = performance_matrix(metrics, item.performance, ids=ids)
+    attr = metrics.set_index("id").loc[ids, "failure"].astype(bool).to_numpy()
+    n_slices = item.settings.n_slices or CASES[item.case].n_slices
+    t1 = time.perf_counter()
+    _, Z = reduce_embeddings(X, item.settings.reduce, item.settings.n_components, item.slicer_seed)
+    t_reduce = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    slicer = _slicer(item, n_slices).fit(Z, Y)
+    t_fit = time.perf_counter() - t2
+    report = evaluate_slices(slicer.labels_, Y[:, 0], attr, proba=slicer.proba_, n_slices=n_slices)
+    win = report.winning_slice
+    row = {"key": item.key, "case": item.case, "prevalence": item.prevalence, "data_seed": item.data_seed,
+           "slicer_seed": item.slicer_seed, "image_variant": item.image_variant,
+           "performance": "+".join(item.performance), "method": item.settings.method, "gamma": item.settings.gamma,
+           "performance_model": item.settings.performance_model, "n_slices": n_slices, "n_test": len(Y),
+           "embedder": embedder_name, **report.to_dict(),
+           "winning_size": int(report.table.loc[win, "size"]) if win is not None else None,
+           "winning_perf": float(report.table.loc[win, "mean_perf"]) if win is not None else None,
+           "seconds_reduce": t_reduce, "seconds_fit": t_fit}
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | os.PathLike,
+                  cache_dir: str | os.PathLike = "cache/embeddings", n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Run every item not already in ``results_path`` (JSON lines), in parallel with joblib; return all rows.
+
+    Embeddings are computed (or read from the cache) once per (dataset, run, variant) in this process;
+    the parallel workers only reduce, fit and judge. Rows are appended as they finish, so an
+    interrupted benchmark resumes where it stopped. Any joblib backend works (``joblib.parallel_config``).
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    from .data import read_dataset
+    from .embed import embed_dataset
+
+    results_path = Path(results_path)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["key"] for r in _read_rows(results_path)}
+    todo = [it for it in items if it.key not in done]
+    if todo:
+        embeddings = {}
+        for it in todo:
+            k = (it.dataset_root, it.run_root, it.image_variant)
+            if k not in embeddings:
+                emb = embed_dataset(read_dataset(it.dataset_root, validate="none", require_splits=()), embedder,
+                                    it.image_variant, run=_load_run(it.run_root), split="test", cache_dir=cache_dir,
+                                    progress=progress)
+                embeddings[k] = (emb.ids, emb.X)
+        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
+                                        embedder.name) for it in todo)
+        if results_path.is_file() and results_path.stat().st_size:
+            with results_path.open("rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                cut_short = fh.read(1) != b"\n"
+            if cut_short:  # an interrupted write left half a line: end it so new rows start cleanly
+                with results_path.open("a") as fh:
+                    fh.write("\n")
+        with results_path.open("a") as fh:
+            for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+    wanted = {it.key for it in items}
+    return pd.DataFrame([r for r in _read_rows(results_path) if r["key"] in wanted])
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by an interruption: that item simply reruns
+            continue
+    return rows
+
+
+def detection_table(results: pd.DataFrame, by: Sequence[str] = ("case", "prevalence")) -> pd.DataFrame:
+    """Detection rate (share of seeds meeting the success criterion) with perf-pass and purity-pass rates."""
+    g = results.groupby(list(by))
+    out = g.agg(detection_rate=("success", "mean"), perf_pass=("perf_pass", "mean"),
+                purity_pass=("purity_pass", "mean"), omega2=("omega2", "mean"), max_purity=("max_purity", "mean"),
+                n_seeds=("success", "size")).reset_index()
+    return out

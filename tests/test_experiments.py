@@ -1,0 +1,59 @@
+"""The detection-rate benchmark on the smoke preset: one row per fit, tidy table, resumable, parallel."""
+import json
+
+import pandas as pd
+import pytest
+
+from seg4seg_utils.config import get_preset
+from seg4seg_utils.embed import EfficientNetLite0Embedder
+from seg4seg_utils.experiments import SlicerSettings, _load_run, benchmark_items, detection_table, run_benchmark
+from seg4seg_utils.pipeline import case_datasets, detection_benchmark, train_grid
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    grid = case_datasets("smoke", root / "data", cases="AD", progress=False)
+    gaps = train_grid(grid, "smoke", root / "runs", root / "results" / "training", progress=False)
+    return root, grid, gaps
+
+
+def test_benchmark_rows_resume_and_parallel(trained, tmp_path):
+    root, grid, gaps = trained
+    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, _load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
+    settings = SlicerSettings(reduce="pca", n_slices=3)
+    items = benchmark_items(runs, slicer_seeds=(0, 1), image_variants=("x0", "x0*M_GT"),
+                            performances=(("dice",), ("dice", "ppv")), settings=settings)
+    assert len(items) == 2 * 2 * 2 * 2 and len({it.key for it in items}) == len(items)
+    embedder = EfficientNetLite0Embedder()
+    out = tmp_path / "items.jsonl"
+    rows = run_benchmark(items[:6], embedder, out, cache_dir=root / "cache", n_jobs=2, progress=False)
+    assert len(rows) == 6
+    # resume: the first six are read back, only the rest are fitted
+    rows = run_benchmark(items, embedder, out, cache_dir=root / "cache", n_jobs=1, progress=False)
+    lines = out.read_text().splitlines()
+    assert len(rows) == len(items) == len(lines)
+    row = json.loads(lines[0])
+    for col in ("case", "prevalence", "slicer_seed", "image_variant", "performance", "success", "omega2",
+                "max_purity", "perf_pass", "purity_pass", "winning_size", "seconds_fit", "embedder"):
+        assert col in row, col
+    assert row["embedder"].startswith("EfficientNet-Lite0") and "not CLIP" in row["embedder"]
+    table = detection_table(rows, by=("case", "prevalence", "image_variant", "performance"))
+    assert len(table) == 2 * 2 * 2 and table["n_seeds"].eq(2).all()
+    assert table["detection_rate"].between(0, 1).all()
+    # a cut-off last line (interrupted write) is ignored and that item reruns
+    out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    assert len(run_benchmark(items, embedder, out, cache_dir=root / "cache", progress=False)) == len(items)
+
+
+def test_detection_benchmark_writes_tables_and_figure(trained):
+    root, grid, gaps = trained
+    out = root / "results" / "detection"
+    table = detection_benchmark(grid, gaps, "smoke", out, embedder=EfficientNetLite0Embedder(),
+                                cache_dir=root / "cache", n_jobs=1, settings=SlicerSettings(reduce="pca", n_slices=3),
+                                progress=False)
+    assert set(table["case"]) == {"A", "D"} and len(table) == len(get_preset("smoke").prevalences) * 2
+    for name in ("detection_rates.csv", "detection_rates.md", "detection_heatmap.png", "detection_items.jsonl"):
+        assert (out / name).stat().st_size > 0
+    assert "EfficientNet-Lite0" in (out / "detection_rates.md").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "detection_rates.csv"), table, check_dtype=False)
