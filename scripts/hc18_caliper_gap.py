@@ -3,8 +3,10 @@
     .venv/bin/python scripts/hc18_caliper_gap.py --raw ../shared/data/hc18 [--style full|crosses] [--epochs 8]
 
 Converts HC18 (once), injects case A (calipers on all but ``--prevalence`` of the images, per split),
-trains a U-Net from scratch (ResNet-18, 128 px by default) and prints the test Dice of images without
-marks vs with marks, with a Mann-Whitney p-value. Everything is cached under ``--work``.
+trains a U-Net from scratch (ResNet-18, 128 px by default), prints the test Dice of images without
+marks vs with marks with a Mann-Whitney p-value, then runs SEG4SEG on the test split (EfficientNet-Lite0
+``x0`` embeddings, Dice, gamma=10, 10 slices) for ``--slicer-seeds`` seeds and prints the detection rate.
+Everything is cached under ``--work``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from seg4seg_utils.embed import EfficientNetLite0Embedder
+from seg4seg_utils.experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
 from seg4seg_utils.inject import CaliperStyle, inject, injected_name
 from seg4seg_utils.metrics import subgroup_gap
 from seg4seg_utils.real_data import prepare_hc18
@@ -31,6 +35,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slicer-seeds", type=int, default=5)
+    parser.add_argument("--performance-model", choices=("gaussian", "soft_categorical"), default="gaussian")
     args = parser.parse_args()
 
     clean = prepare_hc18(args.raw, args.work / "hc18")
@@ -45,6 +51,12 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"Dice without marks {gap['dice_group']:.3f} (n={gap['n_group']}) vs with marks {gap['dice_rest']:.3f} "
           f"(n={gap['n_rest']}), gap {gap['gap']:.3f}, Mann-Whitney p={gap['p_value']:.2g}")
+    items = benchmark_items([("A", args.prevalence, args.seed, data, run)], range(args.slicer_seeds),
+                            settings=SlicerSettings(performance_model=args.performance_model))
+    rows = run_benchmark(items, EfficientNetLite0Embedder(), args.work / "detection_items.jsonl",
+                         cache_dir=args.work / "cache", n_jobs=2)
+    print(rows[["slicer_seed", "success", "omega2", "max_purity", "winning_size", "winning_perf"]].to_string())
+    print(detection_table(rows, by=("case", "prevalence", "performance_model")).to_markdown(index=False))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import pandas as pd
 
 from .data import config_hash
 
-__all__ = ["SlicerSettings", "BenchmarkItem", "benchmark_items", "run_item", "run_benchmark", "detection_table"]
+__all__ = ["SlicerSettings", "BenchmarkItem", "benchmark_items", "run_item", "run_benchmark", "detection_table",
+           "load_run"]
 
 @dataclass(frozen=True)
 class SlicerSettings:
@@ -82,12 +83,11 @@ def _slicer(item: BenchmarkItem, n_slices: int):
                        transform=st.transform, reduce=None, random_state=item.slicer_seed)
 
 
-def _load_run(run_root: str | os.PathLike):
-    from .train import Run, TrainConfig
+def load_run(run_root: str | os.PathLike):
+    """A training run read back from its folder (see :meth:`seg4seg_utils.train.Run.from_folder`)."""
+    from .train import Run
 
-    cfg = json.loads((Path(run_root) / "config.json").read_text())["train"]
-    cfg["decoder_channels"] = tuple(cfg["decoder_channels"])
-    return Run(Path(run_root), TrainConfig(**cfg))
+    return Run.from_folder(run_root)
 
 
 def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str) -> dict[str, Any]:
@@ -97,7 +97,7 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: 
     from .protocol import evaluate_slices
     from .slicer import reduce_embeddings
 
-    metrics = _load_run(item.run_root).metrics()
+    metrics = load_run(item.run_root).metrics()
     Y = performance_matrix(metrics, item.performance, ids=ids)
     attr = metrics.set_index("id").loc[ids, "failure"].astype(bool).to_numpy()
     n_slices = item.settings.n_slices or CASES[item.case].n_slices
@@ -144,7 +144,7 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
             k = (it.dataset_root, it.run_root, it.image_variant)
             if k not in embeddings:
                 emb = embed_dataset(read_dataset(it.dataset_root, validate="none", require_splits=()), embedder,
-                                    it.image_variant, run=_load_run(it.run_root), split="test", cache_dir=cache_dir,
+                                    it.image_variant, run=load_run(it.run_root), split="test", cache_dir=cache_dir,
                                     progress=progress)
                 embeddings[k] = (emb.ids, emb.X)
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")

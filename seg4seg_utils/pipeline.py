@@ -14,7 +14,7 @@ from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
 __all__ = ["CaseDataset", "base_datasets", "case_datasets", "write_data_summary", "run_data_job", "train_grid",
-           "detection_benchmark", "run_job"]
+           "detection_benchmark", "ablation", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,15 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
     return table
 
 
+def _grid_runs(grid: list[CaseDataset], gaps: pd.DataFrame) -> list[tuple]:
+    """(case, prevalence, seed, table, Run) per injected dataset, the runs found through train_grid's table."""
+    from .experiments import load_run
+
+    run_of = {(r.case, r.prevalence, r.seed): r.run for r in gaps.itertuples()}
+    return [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
+            for cd in grid]
+
+
 def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, results_dir: str | Path,
                         embedder=None, cache_dir: str | Path = "cache/embeddings", n_jobs: int = 2,
                         image_variants=("x0",), performances=(("dice",),), settings=None,
@@ -186,16 +195,14 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
     ``detection_heatmap.png`` to ``results_dir``; returns the detection-rate table.
     """
     from .embed import default_embedder
-    from .experiments import SlicerSettings, _load_run, benchmark_items, detection_table, run_benchmark
+    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
     from .plots import detection_heatmap
 
     p = get_preset(preset)
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     embedder = embedder or default_embedder()
-    run_of = {(r.case, r.prevalence, r.seed): r.run for r in gaps.itertuples()}
-    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, _load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
-            for cd in grid]
+    runs = _grid_runs(grid, gaps)
     items = benchmark_items(runs, p.slicer_seeds, image_variants, performances, settings or SlicerSettings())
     rows = run_benchmark(items, embedder, out / "detection_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
                          progress=progress)
@@ -206,6 +213,48 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
         f"x {len(p.seeds)} model seeds)\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
     default = table[(table["image_variant"] == image_variants[0]) & (table["performance"] == "+".join(performances[0]))]
     detection_heatmap(default).savefig(out / "detection_heatmap.png", dpi=110)
+    return table
+
+
+def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, results_dir: str | Path,
+             embedder=None, cache_dir: str | Path = "cache/embeddings", n_jobs: int = 2, reduce: str | None = "umap",
+             progress: bool = True) -> pd.DataFrame:
+    """Embedding, metric, likelihood-form and baseline ablations (paper Table 2 style) on the same trained models.
+
+    Settings: every image variant x performance variant with the default slicer; the soft-categorical
+    likelihood; and the baselines (plain GMM = gamma 0, k-means, error-only ranking) on ``x0`` + Dice.
+    Writes ``ablation_items.jsonl``, ``ablation.csv`` (per case and prevalence) and ``ablation.md``
+    (detection rate per setting and case, averaged over prevalences) to ``results_dir``.
+    """
+    from .embed import VARIANTS, default_embedder
+    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
+
+    p = get_preset(preset)
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    embedder = embedder or default_embedder()
+    runs = _grid_runs(grid, gaps)
+    perfs = (("dice",), ("ppv",), ("npv",))
+    items = benchmark_items(runs, p.slicer_seeds, VARIANTS, perfs, SlicerSettings(reduce=reduce))
+    for settings in (SlicerSettings(performance_model="soft_categorical", reduce=reduce),
+                     SlicerSettings(method="gmm", reduce=reduce), SlicerSettings(method="kmeans", reduce=reduce),
+                     SlicerSettings(method="error_ranking", reduce=reduce)):
+        items += benchmark_items(runs, p.slicer_seeds, ("x0",), (("dice",),), settings)
+    rows = run_benchmark(items, embedder, out / "ablation_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
+                         progress=progress)
+    rows["setting"] = [("SEG4SEG" if m == "seg4seg" else {"gmm": "GMM (gamma=0)", "kmeans": "k-means",
+                                                           "error_ranking": "error ranking"}[m])
+                       + (" soft-categorical" if pm == "soft_categorical" and m == "seg4seg" else "")
+                       + f" | {v} + {perf}" for m, pm, v, perf in
+                       zip(rows["method"], rows["performance_model"], rows["image_variant"], rows["performance"])]
+    table = detection_table(rows, by=("setting", "case", "prevalence"))
+    table.to_csv(out / "ablation.csv", index=False)
+    summary = table.pivot_table(index="setting", columns="case", values="detection_rate", aggfunc="mean")
+    summary["mean"] = summary.mean(axis=1)
+    (out / "ablation.md").write_text(
+        f"# Ablation: detection rate per setting and case (mean over prevalences {list(p.prevalences)}; "
+        f"{len(p.slicer_seeds)} slicer seeds; embedder {embedder.name})\n\n"
+        + summary.sort_values("mean", ascending=False).to_markdown(floatfmt=".2f") + "\n")
     return table
 
 

@@ -107,7 +107,13 @@ def subgroup_gap_plot(metrics: dict[tuple[str, float], "pd.DataFrame"], metric: 
         ax.set_title(f"case {case}", fontsize=10)
         ax.set_xlabel("prevalence")
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel(f"test {metric} (cyan: rest, pink: failure attribute)")
+    axes[0].set_ylabel(f"test {metric} per image")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=MASK_COLOR, label="rest"),
+               Line2D([], [], marker="o", ls="", color="#ff4081", label="failure attribute"),
+               Line2D([], [], color="black", label="mean")]
+    axes[-1].legend(handles=handles, fontsize=7, loc="lower right")
     return fig
 
 

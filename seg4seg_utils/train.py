@@ -211,6 +211,13 @@ class Run:
     config: TrainConfig
     dataset: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike) -> "Run":
+        """A run read back from its folder (its config.json says which TrainConfig made it)."""
+        saved = json.loads((Path(root) / "config.json").read_text())
+        cfg = {**saved["train"], "decoder_channels": tuple(saved["train"]["decoder_channels"])}
+        return cls(Path(root), TrainConfig(**cfg), saved.get("dataset", {}))
+
     @property
     def done(self) -> bool:
         return (self.root / "done.json").is_file()

@@ -6,7 +6,7 @@ import pytest
 
 from seg4seg_utils.config import get_preset
 from seg4seg_utils.embed import EfficientNetLite0Embedder
-from seg4seg_utils.experiments import SlicerSettings, _load_run, benchmark_items, detection_table, run_benchmark
+from seg4seg_utils.experiments import SlicerSettings, load_run, benchmark_items, detection_table, run_benchmark
 from seg4seg_utils.pipeline import case_datasets, detection_benchmark, train_grid
 
 
@@ -20,8 +20,8 @@ def trained(tmp_path_factory):
 
 def test_benchmark_rows_resume_and_parallel(trained, tmp_path):
     root, grid, gaps = trained
-    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, _load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
-    settings = SlicerSettings(reduce="pca", n_slices=3)
+    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
+    settings = SlicerSettings(reduce="pca")
     items = benchmark_items(runs, slicer_seeds=(0, 1), image_variants=("x0", "x0*M_GT"),
                             performances=(("dice",), ("dice", "ppv")), settings=settings)
     assert len(items) == 2 * 2 * 2 * 2 and len({it.key for it in items}) == len(items)
@@ -50,10 +50,25 @@ def test_detection_benchmark_writes_tables_and_figure(trained):
     root, grid, gaps = trained
     out = root / "results" / "detection"
     table = detection_benchmark(grid, gaps, "smoke", out, embedder=EfficientNetLite0Embedder(),
-                                cache_dir=root / "cache", n_jobs=1, settings=SlicerSettings(reduce="pca", n_slices=3),
+                                cache_dir=root / "cache", n_jobs=1, settings=SlicerSettings(reduce="pca"),
                                 progress=False)
     assert set(table["case"]) == {"A", "D"} and len(table) == len(get_preset("smoke").prevalences) * 2
+    assert get_preset("smoke").n_images * 0.2 >= 20  # the test split holds at least case B's 20 slices
     for name in ("detection_rates.csv", "detection_rates.md", "detection_heatmap.png", "detection_items.jsonl"):
         assert (out / name).stat().st_size > 0
     assert "EfficientNet-Lite0" in (out / "detection_rates.md").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(out / "detection_rates.csv"), table, check_dtype=False)
+
+
+def test_ablation_covers_variants_likelihoods_and_baselines(trained):
+    from seg4seg_utils.pipeline import ablation
+
+    root, grid, gaps = trained
+    out = root / "results" / "ablation"
+    table = ablation(grid, gaps, "smoke", out, embedder=EfficientNetLite0Embedder(), cache_dir=root / "cache",
+                     n_jobs=1, reduce="pca", progress=False)
+    settings = set(table["setting"])
+    assert len(settings) == 3 * 3 + 4
+    assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
+            "k-means | x0 + dice", "error ranking | x0 + dice"} <= settings
+    assert "| setting" in (out / "ablation.md").read_text()

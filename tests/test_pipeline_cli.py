@@ -12,7 +12,7 @@ from seg4seg_utils.data import read_dataset
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     code = main(["run", "--preset", "smoke", "--data", str(root / "data"), "--results", str(root / "results"),
-                 "--no-progress"])
+                 "--until", "data", "--no-progress"])
     return code, root
 
 
@@ -37,7 +37,7 @@ def test_rerun_reuses_everything(smoke_run):
     csv = root / "data" / "smoke" / "injected" / "A-p20-seed0" / "samples.csv"
     before = csv.stat().st_mtime_ns
     assert main(["run", "--preset", "smoke", "--data", str(root / "data"), "--results", str(root / "results"),
-                 "--no-progress"]) == 0
+                 "--until", "data", "--no-progress"]) == 0
     assert csv.stat().st_mtime_ns == before
 
 
@@ -50,3 +50,18 @@ def test_missing_real_folder_is_a_clear_user_error(tmp_path, capsys):
     assert main(["run", "--preset", "paper", "--data", str(tmp_path), "--real", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "data_prep" in err and "not found" in err
+
+
+@pytest.mark.slow
+def test_whole_main_job_on_the_smoke_preset(tmp_path):
+    """data -> training -> detection benchmark, exactly as `make run PRESET=smoke` runs it."""
+    args = ["run", "--preset", "smoke", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
+            "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main(args) == 0
+    res = tmp_path / "results" / "smoke"
+    gaps = pd.read_csv(res / "training" / "gaps.csv")
+    assert sorted(gaps["case"]) == ["A", "B", "C", "D"] and gaps["dice_rest"].between(0, 1).all()
+    rates = pd.read_csv(res / "detection" / "detection_rates.csv")
+    assert sorted(rates["case"]) == ["A", "B", "C", "D"] and rates["detection_rate"].between(0, 1).all()
+    for name in ("training/subgroup_gap.png", "training/learning_curves.png", "detection/detection_heatmap.png"):
+        assert (res / name).stat().st_size > 0

@@ -129,3 +129,16 @@ def test_image_mask_mismatch_is_a_clear_error(dataset, tmp_path):
     with pytest.raises(DatasetError, match="bad_mask.png: mask of sample .* must have the same size"):
         train(SampleTable(dataset.root, df, dataset.meta), smoke(max_train_samples=None), runs_dir=tmp_path,
               progress=False)
+
+
+def test_encoder_weights_from_a_file(tmp_path):
+    src, _ = build_model(TrainConfig(encoder="resnet18", seed=5))
+    path = tmp_path / "resnet18_encoder.pth"
+    torch.save({f"encoder.{k}": v for k, v in src.encoder.state_dict().items()}, path)  # prefixes are stripped
+    model, how = build_model(TrainConfig(encoder="resnet18", encoder_weights=str(path), seed=0))
+    assert "resnet18_encoder.pth" in how
+    assert torch.equal(model.encoder.conv1.weight, src.encoder.conv1.weight)
+    with pytest.raises(ValueError, match="does not fit encoder 'resnet34'"):
+        build_model(TrainConfig(encoder="resnet34", encoder_weights=str(path)))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_model(TrainConfig(encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth")))
