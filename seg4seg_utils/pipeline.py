@@ -115,7 +115,8 @@ def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], o
               counts.drop(columns="path").to_markdown(index=False),
               "", "![phantoms](phantom_gallery.png)", "", "![injections](injection_gallery.png)", ""]
     if timings:
-        lines += ["Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), ""]
+        lines += ["Wall time of this run (datasets already on disk are reused, not rebuilt): "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()), ""]
     paths["summary"].write_text("\n".join(lines))
     return paths
 
