@@ -10,6 +10,8 @@ DATA ?= data
 RESULTS ?= results
 RUNS ?= runs
 
+NBVAL := $(CURDIR)/.nbval
+
 .PHONY: setup run test clean-results
 
 setup:
@@ -17,9 +19,16 @@ setup:
 
 run: setup
 	$(PY) -m seg4seg_utils run --preset $(PRESET) --data $(DATA) --results $(RESULTS) --runs $(RUNS)
+	$(PY) -m seg4seg_utils notebooks --preset $(PRESET) --out book/executed \
+	  --set DATA_DIR=$(DATA) RESULTS_DIR=$(RESULTS) RUNS_DIR=$(RUNS)
+	$(PY) -m seg4seg_utils book
 
+# unit tests, then nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs)
 test: setup
-	$(PY) -m pytest -q
+	rm -rf $(NBVAL)/notebooks
+	$(PY) -m seg4seg_utils notebooks --preset smoke --prepare-only --out $(NBVAL)/notebooks \
+	  --set DATA_DIR=$(NBVAL)/data RESULTS_DIR=$(NBVAL)/results RUNS_DIR=$(NBVAL)/runs CACHE_DIR=$(NBVAL)/cache
+	$(PY) -m pytest -q tests $(NBVAL)/notebooks --nbval-lax
 
 clean-results:
 	rm -rf $(RESULTS)

@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
                           "ImageNet EfficientNet-Lite0 is used (and named as such in every output)")
     run.add_argument("--cache", default="cache/embeddings", help="embedding cache folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    nbs = sub.add_parser("notebooks", help="execute (or parameterise) the notebook collection with a preset")
+    nbs.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    nbs.add_argument("--out", required=True, help="folder for the executed copies (never the notebooks/ sources)")
+    nbs.add_argument("--only", nargs="*", default=None, metavar="NN", help="only notebooks starting with these prefixes")
+    nbs.add_argument("--prepare-only", action="store_true", help="write parameterised copies without executing them")
+    nbs.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                     help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
+    sub.add_parser("book", help="build the HTML book from the executed notebooks in book/executed/")
     return parser
 
 
@@ -54,4 +62,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "detection", "detection_heatmap"):
             if key in paths:
                 print(f"  {key}: {paths[key]}")
+    if args.command == "notebooks":
+        import yaml
+
+        from .book import run_notebooks
+
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                print(f"seg4seg: --set expects NAME=VALUE, got {item!r}", file=sys.stderr)
+                return 2
+            key, value = item.split("=", 1)
+            overrides[key] = yaml.safe_load(value)
+        try:
+            written = run_notebooks(args.preset, args.out, only=args.only, prepare_only=args.prepare_only, **overrides)
+        except ValueError as exc:
+            print(f"seg4seg: {exc}", file=sys.stderr)
+            return 2
+        print(f"{len(written)} notebook(s) written to {args.out}")
+    if args.command == "book":
+        from .book import build_book
+
+        try:
+            print(f"Book: {build_book()}")
+        except FileNotFoundError as exc:
+            print(f"seg4seg: {exc}", file=sys.stderr)
+            return 2
     return 0

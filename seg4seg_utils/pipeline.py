@@ -13,7 +13,7 @@ from .config import Preset, environment_report, get_preset, preset_dict
 from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
-__all__ = ["CaseDataset", "base_datasets", "case_datasets", "write_data_summary", "run_data_job", "train_grid",
+__all__ = ["CaseDataset", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
            "detection_benchmark", "ablation", "run_job"]
 
 
@@ -74,7 +74,8 @@ def case_datasets(preset: str | Preset, data_dir: str | Path, cases: Iterable[st
     return grid
 
 
-def _counts_table(grid: list[CaseDataset]) -> pd.DataFrame:
+def counts_table(grid: list[CaseDataset]) -> pd.DataFrame:
+    """Per injected dataset: samples and failure-attribute samples per split."""
     rows = []
     for cd in grid:
         df = cd.table.df
@@ -104,7 +105,7 @@ def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], o
     pairs = [(f"{c}: {CASES[c].attribute.replace('_', ' ')}", bases[CASES[c].modality], cd.table)
              for c, cd in sorted(first.items())]
     injection_gallery(pairs).savefig(paths["injection_gallery"], dpi=110)
-    counts = _counts_table(grid)
+    counts = counts_table(grid)
     counts.to_csv(paths["datasets"], index=False)
     paths["environment"].write_text(json.dumps({"preset": preset_dict(preset),
                                                 "environment": environment_report(with_torch=False)}, indent=2))

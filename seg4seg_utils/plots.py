@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
-           "detection_heatmap"]
+           "detection_heatmap", "taxonomy_examples"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -151,4 +151,23 @@ def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection
         ax.set_xlabel("prevalence")
         ax.set_title(value.replace("_", " ").replace("detection rate", "detection rate (criterion)"), fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8)
+    return fig
+
+
+def taxonomy_examples(size: int = 192, seed: int = 0, panel: float = 1.9) -> Figure:
+    """One generated example per injected case: the clean image next to its manipulated version."""
+    from .inject import CASES, _manipulate
+    from .phantoms import MODALITIES
+    from .seeding import rng_for
+
+    fig = Figure(figsize=(panel * 4, panel * 2 + 0.5), layout="constrained")
+    axes = fig.subplots(2, 4)
+    for k, (name, case) in enumerate(sorted(CASES.items())):
+        image, mask = MODALITIES[case.modality](size, rng_for(seed, "taxonomy", name))
+        new_img, new_mask, _ = _manipulate(case, case.params, image, mask, rng_for(seed, "taxonomy-inject", name))
+        show_sample(axes[0, k], image, mask, title=f"{name}: clean")
+        changed = new_mask is not None
+        show_sample(axes[1, k], image if new_img is None else new_img, new_mask if changed else None,
+                    title=f"{name}: {'with calipers' if name == 'A' else case.attribute.replace('_', ' ')}",
+                    color="#ff4081")
     return fig

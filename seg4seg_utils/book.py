@@ -1,0 +1,75 @@
+"""Run the notebook collection with papermill (any preset, never over the sources) and build the book."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = ["NOTEBOOK_DIR", "notebooks", "preset_parameters", "run_notebooks", "build_book"]
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+_NUMBERED = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
+
+
+def notebooks(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
+    """The numbered notebooks (``NN_name.ipynb``) in order."""
+    return sorted(p for p in Path(folder).glob("*.ipynb") if _NUMBERED.match(p.name))
+
+
+def preset_parameters(preset: str, folder: str | os.PathLike = NOTEBOOK_DIR, **overrides: Any) -> dict[str, Any]:
+    """Parameters for a preset from ``notebooks/params/<preset>.yaml``, with overrides on top."""
+    path = Path(folder) / "params" / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (Path(folder) / "params").glob("*.yaml"))
+        raise ValueError(f"{path}: no parameter file for preset {preset!r}; known presets: {known}")
+    return {**(yaml.safe_load(path.read_text()) or {}), **overrides}
+
+
+def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] | None = None,
+                  prepare_only: bool = False, progress: bool = True, **overrides: Any) -> list[Path]:
+    """Execute (or, ``prepare_only``, just parameterise) every notebook with the preset into ``out_dir``.
+
+    Sources are never modified: executed copies go to ``out_dir`` under the same names. Notebooks run with
+    the repository root as working directory, so the relative data/results/runs paths are the CLI's.
+    """
+    import papermill as pm
+
+    out = Path(out_dir).resolve()
+    if out == NOTEBOOK_DIR.resolve():
+        raise ValueError("out_dir must not be the notebooks/ source folder: executed copies never overwrite sources")
+    out.mkdir(parents=True, exist_ok=True)
+    params = preset_parameters(preset, **overrides)
+    chosen = [nb for nb in notebooks() if not only or any(nb.name.startswith(o) for o in only)]
+    written = []
+    for nb in chosen:
+        t0 = time.perf_counter()
+        target = out / nb.name
+        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
+                            progress_bar=False, kernel_name="python3", log_output=False)
+        if progress and not prepare_only:
+            print(f"[seg4seg] {nb.name} ({preset}) ran in {time.perf_counter() - t0:.0f} s -> {target}")
+        written.append(target)
+    return written
+
+
+def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:
+    """Build the jupyter-book (HTML) from the executed notebooks; returns the path of index.html."""
+    book_dir = Path(book_dir)
+    toc = yaml.safe_load((book_dir / "_toc.yml").read_text())
+    missing = [c["file"] for c in toc.get("chapters", [])
+               if not any((book_dir / f"{c['file']}{ext}").is_file() for ext in (".ipynb", ".md"))]
+    if missing:
+        raise FileNotFoundError(f"{book_dir}: chapters {missing} are missing. Execute the notebooks first: "
+                                "`python -m seg4seg_utils notebooks --preset cpu --out book/executed` (make run does).")
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--warningiserror", "--keep-going"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return book_dir / "_build" / "html" / "index.html"

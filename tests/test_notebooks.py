@@ -1,0 +1,64 @@
+"""Notebook conventions: numbered like the book's table of contents, one literal parameters cell, the imports
+cell first, a check cell, no committed outputs. (nbval runs them, on the smoke preset, in `make test`.)"""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seg4seg_utils.book import NOTEBOOK_DIR, notebooks, preset_parameters, run_notebooks
+
+BOOK = NOTEBOOK_DIR.parent / "book"
+EXPECTED_PARAMETERS = {"PRESET", "SEED", "DATA_DIR", "RESULTS_DIR", "RUNS_DIR", "CACHE_DIR", "REAL_DIR", "CLIP_WEIGHTS"}
+NOTEBOOKS = notebooks()
+
+
+def code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_numbering_matches_the_books_table_of_contents():
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    chapters = [c["file"] for c in toc["chapters"] if c["file"].startswith("executed/")]
+    assert [f"executed/{p.stem}" for p in NOTEBOOKS] == chapters
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = json.loads(path.read_text())
+    cells = code_cells(path)
+    assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
+    assert "import seg4seg_utils as su" in "".join(cells[0]["source"]), "the imports cell comes first"
+    params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged parameters"
+    tree = ast.parse("".join(params[0]["source"]))
+    names = set()
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), "parameters are literals only"
+        names.add(node.targets[0].id)
+    assert names == EXPECTED_PARAMETERS
+    assert any("assert" in "".join(c["source"]) and "# check" in "".join(c["source"]) for c in cells), "a check cell"
+    for c in cells:
+        assert not c.get("outputs") and c.get("execution_count") is None, "commit notebooks without outputs"
+
+
+def test_preset_parameter_files():
+    for preset in ("smoke", "cpu", "paper"):
+        assert preset_parameters(preset)["PRESET"] == preset
+    assert preset_parameters("cpu", SEED=3)["SEED"] == 3
+    with pytest.raises(ValueError, match="no parameter file"):
+        preset_parameters("fast")
+
+
+def test_papermill_injects_parameters_and_never_touches_sources(tmp_path):
+    before = {p: p.read_bytes() for p in NOTEBOOKS}
+    written = run_notebooks("smoke", tmp_path, only=["00"], prepare_only=True, SEED=7)
+    assert [p.name for p in written] == ["00_overview.ipynb"]
+    src = "".join("".join(c["source"]) for c in code_cells(written[0]))
+    assert 'PRESET = "smoke"' in src and "SEED = 7" in src
+    assert {p: p.read_bytes() for p in NOTEBOOKS} == before
+    with pytest.raises(ValueError, match="never overwrite sources"):
+        run_notebooks("smoke", NOTEBOOK_DIR, prepare_only=True)
