@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
-           "detection_heatmap", "taxonomy_examples"]
+           "detection_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -170,4 +170,46 @@ def taxonomy_examples(size: int = 192, seed: int = 0, panel: float = 1.9) -> Fig
         show_sample(axes[1, k], image if new_img is None else new_img, new_mask if changed else None,
                     title=f"{name}: {'with calipers' if name == 'A' else case.attribute.replace('_', ' ')}",
                     color="#ff4081")
+    return fig
+
+
+def slice_scatter(xy: np.ndarray, labels: np.ndarray, attribute: np.ndarray, performance: np.ndarray,
+                  highlight: int | None = None, panel: float = 3.2) -> Figure:
+    """Three views of the same 2-d map: coloured by slice, by the hidden attribute, by performance."""
+    fig = Figure(figsize=(panel * 3 + 0.6, panel), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20", s=9, lw=0)
+    if highlight is not None:
+        sel = labels == highlight
+        axes[0].scatter(xy[sel, 0], xy[sel, 1], facecolors="none", edgecolors="black", s=28, lw=0.8,
+                        label=f"slice {highlight}")
+        axes[0].legend(fontsize=7, loc="best")
+    axes[0].set_title("slices", fontsize=9)
+    attr = np.asarray(attribute, bool)
+    axes[1].scatter(xy[~attr, 0], xy[~attr, 1], color="#b0bec5", s=9, lw=0, label="rest")
+    axes[1].scatter(xy[attr, 0], xy[attr, 1], color="#ff4081", s=12, lw=0, label="hidden failure attribute")
+    axes[1].legend(fontsize=7, loc="best")
+    axes[1].set_title("hidden attribute (never seen by the slicer)", fontsize=9)
+    sc = axes[2].scatter(xy[:, 0], xy[:, 1], c=performance, cmap="viridis", s=9, lw=0, vmin=0, vmax=1)
+    fig.colorbar(sc, ax=axes[2], shrink=0.8, label="Dice")
+    axes[2].set_title("per-image Dice", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def slice_gallery(table: SampleTable, rows: Sequence[int], predictions: Sequence[np.ndarray | None],
+                  titles: Sequence[str], ncols: int = 6, panel: float = 1.7) -> Figure:
+    """Samples of one slice: ground truth as a cyan contour, the model's prediction in pink."""
+    n = max(1, len(rows))
+    nrows = (n + ncols - 1) // ncols
+    fig = Figure(figsize=(panel * ncols, panel * nrows + 0.3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, i, pred, title in zip(axes, rows, predictions, titles):
+        show_sample(ax, table.image(i), table.mask(i), title=title)
+        if pred is not None and pred.any():
+            ax.contour(pred.astype(float), levels=[0.5], colors=["#ff4081"], linewidths=0.8)
+    for ax in axes[len(rows):]:
+        ax.axis("off")
     return fig
