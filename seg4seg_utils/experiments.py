@@ -90,19 +90,41 @@ def load_run(run_root: str | os.PathLike):
     return Run.from_folder(run_root)
 
 
-def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str) -> dict[str, Any]:
+def _reduced(X: np.ndarray, method: str | None, n_components: int, seed: int,
+             cache_dir: str | os.PathLike | None) -> np.ndarray:
+    """UMAP/PCA of ``X``, cached on disk by content hash: settings that differ only after the reduction
+    (gamma, likelihood form, performance columns) share one UMAP fit per embedding and seed."""
+    from .slicer import reduce_embeddings
+
+    if cache_dir is None or method in (None, "none"):
+        return reduce_embeddings(X, method, n_components, seed)[1]
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{method}{n_components}-seed{seed}-{digest}.npy"
+    if path.is_file():
+        return np.load(path)
+    Z = reduce_embeddings(X, method, n_components, seed)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, Z)
+    os.replace(tmp, path)  # parallel workers may race to write the same file: last one wins, both identical
+    return Z
+
+
+def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str,
+             reduced_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit and judge one item on precomputed test-split embeddings ``X`` (rows in ``ids`` order)."""
     from .embed import performance_matrix
     from .inject import CASES
     from .protocol import evaluate_slices
-    from .slicer import reduce_embeddings
-
     metrics = load_run(item.run_root).metrics()
     Y = performance_matrix(metrics, item.performance, ids=ids)
     attr = metrics.set_index("id").loc[ids, "failure"].astype(bool).to_numpy()
     n_slices = item.settings.n_slices or CASES[item.case].n_slices
     t1 = time.perf_counter()
-    _, Z = reduce_embeddings(X, item.settings.reduce, item.settings.n_components, item.slicer_seed)
+    Z = _reduced(X, item.settings.reduce, item.settings.n_components, item.slicer_seed, reduced_cache)
     t_reduce = time.perf_counter() - t1
     t2 = time.perf_counter()
     slicer = _slicer(item, n_slices).fit(Z, Y)
@@ -148,8 +170,9 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
                                     progress=progress)
                 embeddings[k] = (emb.ids, emb.X)
         runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
         rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
-                                        embedder.name) for it in todo)
+                                        embedder.name, reduced) for it in todo)
         if results_path.is_file() and results_path.stat().st_size:
             with results_path.open("rb") as fh:
                 fh.seek(-1, os.SEEK_END)

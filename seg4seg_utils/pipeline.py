@@ -14,7 +14,7 @@ from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
 __all__ = ["CaseDataset", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
-           "detection_benchmark", "ablation", "run_job"]
+           "detection_benchmark", "ablation", "gamma_sweep", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,27 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
         f"# Ablation: detection rate per setting and case (mean over prevalences {list(p.prevalences)}; "
         f"{len(p.slicer_seeds)} slicer seeds; embedder {embedder.name})\n\n"
         + summary.sort_values("mean", ascending=False).to_markdown(floatfmt=".2f") + "\n")
+    return table
+
+
+def gamma_sweep(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, results_dir: str | Path,
+                gammas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0), embedder=None,
+                cache_dir: str | Path = "cache/embeddings", n_jobs: int = 2, reduce: str | None = "umap",
+                progress: bool = True) -> pd.DataFrame:
+    """Detection rate as a function of gamma (paper Fig. 3c style), ``x0`` + Dice; writes gamma_sweep.csv."""
+    from .embed import default_embedder
+    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
+
+    p = get_preset(preset)
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    embedder = embedder or default_embedder()
+    runs = _grid_runs(grid, gaps)
+    items = [it for g in gammas for it in benchmark_items(runs, p.slicer_seeds, settings=SlicerSettings(gamma=g, reduce=reduce))]
+    rows = run_benchmark(items, embedder, out / "gamma_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
+                         progress=progress)
+    table = detection_table(rows, by=("gamma", "case", "prevalence"))
+    table.to_csv(out / "gamma_sweep.csv", index=False)
     return table
 
 

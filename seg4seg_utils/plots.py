@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
-           "detection_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery"]
+           "detection_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery",
+           "gamma_sweep_plot"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -212,4 +213,24 @@ def slice_gallery(table: SampleTable, rows: Sequence[int], predictions: Sequence
             ax.contour(pred.astype(float), levels=[0.5], colors=["#ff4081"], linewidths=0.8)
     for ax in axes[len(rows):]:
         ax.axis("off")
+    return fig
+
+
+def gamma_sweep_plot(table: "pd.DataFrame", value: str = "detection_rate", panel: float = 2.6) -> Figure:
+    """Detection rate against gamma (log scale), one panel per case, one line per prevalence."""
+    cases = sorted(table["case"].unique())
+    fig = Figure(figsize=(panel * len(cases), panel), layout="constrained")
+    axes = fig.subplots(1, len(cases), squeeze=False, sharey=True)[0]
+    for ax, case in zip(axes, cases):
+        sub = table[table["case"] == case]
+        for prev, g in sub.groupby("prevalence"):
+            g = g.sort_values("gamma")
+            ax.plot(g["gamma"], g[value], marker="o", ms=3, label=f"{prev:.0%}")
+        ax.set_xscale("log")
+        ax.axvline(10, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"case {case}", fontsize=10)
+        ax.set_xlabel("gamma")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0].set_ylabel(value.replace("_", " "))
+    axes[-1].legend(fontsize=7, title="prevalence", title_fontsize=7)
     return fig
