@@ -5,8 +5,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import numpy as np
 import pandas as pd
 
 from .config import Preset, environment_report, get_preset, preset_dict
@@ -14,7 +15,7 @@ from .data import SPLITS, DatasetError, SampleTable, read_dataset
 from .inject import CASES, inject, injected_name
 
 __all__ = ["CaseDataset", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
-           "detection_benchmark", "ablation", "gamma_sweep", "run_job"]
+           "detection_benchmark", "ablation", "gamma_sweep", "attribute_study", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,38 @@ def gamma_sweep(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Prese
     table = detection_table(rows, by=("gamma", "case", "prevalence"))
     table.to_csv(out / "gamma_sweep.csv", index=False)
     return table
+
+
+def attribute_study(table: SampleTable, attribute: Callable[[pd.DataFrame], np.ndarray], preset: str | Preset,
+                    runs_dir: str | Path, embedder, n_slices: int = 10, cache_dir: str | Path = "cache/embeddings",
+                    progress: bool = True) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """Train on a dataset with a *naturally occurring* attribute (no injection) and ask whether SEG4SEG finds it.
+
+    ``attribute(metrics) -> bool array`` marks the subgroup from the per-image metrics table (which carries
+    every column of the sample table, e.g. ``quality`` or ``annotation_style``). Returns (one row per slicer
+    seed, the subgroup's Dice gap, the run's metrics with an ``attribute`` column).
+    """
+    from .embed import embed_dataset, performance_matrix
+    from .experiments import _reduced
+    from .metrics import subgroup_gap
+    from .protocol import evaluate_slices
+    from .slicer import SliceFinder
+    from .train import train, train_preset
+
+    p = get_preset(preset)
+    run = train(table, train_preset(p.name), runs_dir=Path(runs_dir) / p.name, progress=progress)
+    metrics = run.metrics()
+    metrics["attribute"] = np.asarray(attribute(metrics), dtype=bool)
+    emb = embed_dataset(table, embedder, "x0", run=run, cache_dir=cache_dir, progress=progress)
+    metrics = metrics.set_index("id").loc[emb.ids].reset_index()
+    dice = performance_matrix(metrics, ("dice",), ids=emb.ids)
+    rows = []
+    for seed in p.slicer_seeds:
+        Z = _reduced(emb.X, "umap", 8, seed, Path(cache_dir) / "reduced")
+        sf = SliceFinder(n_slices=n_slices, reduce=None, random_state=seed).fit(Z, dice)
+        rows.append({"slicer_seed": seed, **evaluate_slices(sf.labels_, dice[:, 0], metrics["attribute"].to_numpy(),
+                                                            proba=sf.proba_, n_slices=n_slices).to_dict()})
+    return pd.DataFrame(rows), subgroup_gap(metrics, "attribute", "dice"), metrics
 
 
 def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results_dir: str | Path = "results",
