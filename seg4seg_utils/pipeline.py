@@ -137,12 +137,12 @@ def run_data_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", re
     return paths
 
 
-def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Path, results_dir: str | Path,
+def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Path, results_dir: str | Path | None,
                progress: bool = True, **overrides) -> pd.DataFrame:
     """Train one U-Net per injected dataset (the preset's training settings) and tabulate the subgroup gaps.
 
     Writes ``gaps.csv``, ``gaps.md``, ``subgroup_gap.png`` and ``learning_curves.png`` to ``results_dir``
-    and returns the gap table: per case and prevalence, test Dice of the failure subgroup vs the rest,
+    (``None``: write nothing, e.g. when looking up a subset of the grid) and returns the gap table: per case and prevalence, test Dice of the failure subgroup vs the rest,
     the gap, a Mann-Whitney p-value, training wall time and the best epoch.
     """
     from .metrics import subgroup_gap
@@ -151,8 +151,6 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
 
     p = get_preset(preset)
     cfg = train_preset(p.name, **overrides)
-    out = Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows, metrics, histories = [], {}, {}
     for k, cd in enumerate(grid, 1):
         name = f"{cd.case}-p{round(cd.prevalence * 100):02d}-seed{cd.seed}"
@@ -169,6 +167,10 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
         metrics[(cd.case, cd.prevalence)] = m
         histories[name] = run.history()
     table = pd.DataFrame(rows)
+    if results_dir is None:
+        return table
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "gaps.csv", index=False)
     shown = table[["case", "prevalence", "seed", "n_group", "dice_group", "dice_rest", "gap", "p_value",
                    "train_seconds"]].rename(columns={"n_group": "n_failure_test", "dice_group": "dice_failure"})

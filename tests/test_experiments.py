@@ -72,3 +72,11 @@ def test_ablation_covers_variants_likelihoods_and_baselines(trained):
     assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
             "k-means | x0 + dice", "error ranking | x0 + dice"} <= settings
     assert "| setting" in (out / "ablation.md").read_text()
+
+
+def test_train_grid_subset_without_results_dir_writes_nothing(trained):
+    root, grid, gaps = trained
+    before = (root / "results" / "training" / "gaps.csv").read_text()
+    sub = train_grid(grid[:1], "smoke", root / "runs", None, progress=False)  # cached run, looked up only
+    assert len(sub) == 1 and sub["run"].iat[0] == gaps["run"].iat[0]
+    assert (root / "results" / "training" / "gaps.csv").read_text() == before
