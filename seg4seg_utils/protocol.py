@@ -87,15 +87,19 @@ def _check_labels(labels: Any, n: int | None = None) -> np.ndarray:
     return arr
 
 
-def _check_finite(values: Any, name: str = "performance") -> np.ndarray:
-    """Finite float values (per-image scores), or a ValueError naming the argument."""
-    arr = _as_1d(values, name)
+def _finite_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` as float64 if numeric and finite, or a ValueError naming the argument."""
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} has {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
     return arr
+
+
+def _check_finite(values: Any, name: str = "performance") -> np.ndarray:
+    """Finite float values (per-image scores), or a ValueError naming the argument."""
+    return _finite_float(_as_1d(values, name), name)
 
 
 def _check_attribute(attribute: Any, n: int) -> np.ndarray:
@@ -115,12 +119,7 @@ def _check_proba(proba: Any, n: int) -> np.ndarray:
     arr = np.asarray(proba)
     if arr.ndim != 2 or arr.shape[0] != n:
         raise ValueError(f"proba must have shape (n, K) = ({n}, K), got {arr.shape}")
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"proba must be numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"proba has {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
-    return arr
+    return _finite_float(arr, "proba")
 
 
 def _check_unit(value: float, name: str, low_open: bool = False) -> float:
