@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                           "ImageNet EfficientNet-Lite0 is used (and named as such in every output)")
     run.add_argument("--cache", default="cache/embeddings", help="embedding cache folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_backend_arguments(run)
     nbs = sub.add_parser("notebooks", help="execute (or parameterise) the notebook collection with a preset")
     nbs.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     nbs.add_argument("--out", required=True, help="folder for the executed copies (never the notebooks/ sources)")
@@ -38,13 +39,43 @@ def _parser() -> argparse.ArgumentParser:
     nbs.add_argument("--prepare-only", action="store_true", help="write parameterised copies without executing them")
     nbs.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                      help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
+    _add_backend_arguments(nbs)
     sub.add_parser("book", help="build the HTML book from the executed notebooks in book/executed/")
     return parser
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default=None, choices=("loky", "threading", "dask", "ray"),
+                        help="joblib backend for embedding extraction and slicer fits (default: local processes); "
+                             "dask/ray run them on a cluster, see seg4seg_utils.scaleout")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="with --backend dask: tcp://host:8786 for an existing cluster, or local:N to start N "
+                             "local workers (default local:2); with ray: the cluster address")
+
+
+def _export_backend(args: argparse.Namespace) -> None:
+    """Set the scale-out variables, so this process and every notebook kernel it starts use the backend."""
+    import os
+
+    from .scaleout import BACKEND_ENV, SCHEDULER_ENV
+
+    if args.backend:
+        os.environ[BACKEND_ENV] = args.backend
+    if args.scheduler:
+        if not (args.backend or os.environ.get(BACKEND_ENV)):
+            raise ValueError("--scheduler needs --backend dask or ray")
+        os.environ[SCHEDULER_ENV] = args.scheduler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns a process exit code (2 for a user error, with the reason on stderr)."""
     args = _parser().parse_args(argv)
+    if args.command in ("run", "notebooks"):
+        try:
+            _export_backend(args)
+        except ValueError as exc:
+            print(f"seg4seg: {exc}", file=sys.stderr)
+            return 2
     if args.command == "run":
         from .pipeline import run_job
         from .embed import EmbedderUnavailable

@@ -113,6 +113,15 @@ class Embedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = _auto_device(device)
         self.batch_size = int(batch_size)
+        self._recipe: dict[str, Any] = {"device": device, "batch_size": int(batch_size)}
+
+    def __reduce_ex__(self, protocol):
+        # Pickle a recipe, not the network: a joblib/Dask/Ray worker rebuilds the embedder from the same
+        # weights files (once per worker process) instead of receiving megabytes of tensors with every task.
+        # Only the built-in embedders, whose constructor arguments are the recipe; others pickle as usual.
+        if type(self) in _RECIPE_EMBEDDERS and hasattr(self, "_recipe"):
+            return (_rebuild_embedder, (type(self), tuple(sorted(self._recipe.items()))))
+        return super().__reduce_ex__(protocol)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.name}, dim {self.dim}, on {self.device}>"
@@ -143,6 +152,22 @@ class Embedder:
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
+_WORKER_EMBEDDERS: dict[tuple, "Embedder"] = {}
+
+
+def _rebuild_embedder(cls: type, recipe: tuple) -> "Embedder":
+    """Unpickling hook: the embedder ``cls(**recipe)``, built once per process and reused by later tasks."""
+    key = (cls.__module__, cls.__qualname__, recipe)
+    if key not in _WORKER_EMBEDDERS:
+        kwargs = dict(recipe)
+        if "run_root" in kwargs:  # SegmentationEncoderEmbedder travels as its run folder
+            from .train import Run
+
+            kwargs["run"] = Run.from_folder(kwargs.pop("run_root"))
+        _WORKER_EMBEDDERS[key] = cls(**kwargs)
+    return _WORKER_EMBEDDERS[key]
 
 
 def _clip_howto(model: str) -> str:
@@ -249,6 +274,8 @@ class ClipEmbedder(Embedder):
         self.weights_id = weights_file_id(path)
         self.dim = int(open_clip.get_model_config(model)["embed_dim"])
         self._tokenizer = None
+        # workers reload the same resolved file (it must be reachable from them, e.g. a shared disk)
+        self._recipe.update(model=model, pretrained=str(path), cache_dir=cache_dir)
 
     def _prepare_batch(self, images: list[np.ndarray]):
         import torch
@@ -343,6 +370,7 @@ class SegmentationEncoderEmbedder(Embedder):
                      f"(bottleneck, average-pooled, {self.image_size} px)")
         self.key_name = f"segenc-{run.config.encoder}"
         self.weights_id = f"{which}:" + weights_file_id(ckpt)
+        self._recipe.update(run_root=str(Path(run.root).resolve()), which=which)
 
     def key_fields(self) -> dict[str, Any]:
         """The run folder is part of this embedder's identity."""
@@ -373,6 +401,9 @@ def default_embedder(clip_weights: str | os.PathLike | None = None, clip_model: 
         print(f"[seg4seg] embedder: {emb.name}, because no clip_weights were given (the paper uses CLIP; "
               "pass clip_weights='/path/to/open_clip_pytorch_model.bin' to use it)")
     return emb
+
+
+_RECIPE_EMBEDDERS = (ClipEmbedder, EfficientNetLite0Embedder, SegmentationEncoderEmbedder)
 
 
 # -------------------------------------------------------------------------------------------- variants

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: 
     Y = performance_matrix(metrics, item.performance, ids=ids)
     attr = metrics.set_index("id").loc[ids, "failure"].astype(bool).to_numpy()
     n_slices = item.settings.n_slices or CASES[item.case].n_slices
+    started = time.time()
     t1 = time.perf_counter()
     Z = _reduced(X, item.settings.reduce, item.settings.n_components, item.slicer_seed, reduced_cache)
     t_reduce = time.perf_counter() - t1
@@ -138,52 +140,62 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: 
            "embedder": embedder_name, **report.to_dict(),
            "winning_size": int(report.table.loc[win, "size"]) if win is not None else None,
            "winning_perf": float(report.table.loc[win, "mean_perf"]) if win is not None else None,
-           "seconds_reduce": t_reduce, "seconds_fit": t_fit}
+           "seconds_reduce": t_reduce, "seconds_fit": t_fit,
+           # provenance only (which process ran the fit, and when): never part of the result itself
+           "worker": f"{socket.gethostname()}:{os.getpid()}", "started": started}
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def _embed_item(dataset_root: str, run_root: str, variant: str, embedder, cache_dir) -> tuple[list[str], np.ndarray]:
+    """One (dataset, run, variant) test-split embedding, from the cache or computed (a joblib task)."""
+    from .data import read_dataset
+    from .embed import embed_dataset
+
+    emb = embed_dataset(read_dataset(dataset_root, validate="none", require_splits=()), embedder, variant,
+                        run=load_run(run_root), split="test", cache_dir=cache_dir, progress=False)
+    return emb.ids, emb.X
 
 
 def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | os.PathLike,
                   cache_dir: str | os.PathLike = "cache/embeddings", n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
     """Run every item not already in ``results_path`` (JSON lines), in parallel with joblib; return all rows.
 
-    Embeddings are computed (or read from the cache) once per (dataset, run, variant) in this process;
-    the parallel workers only reduce, fit and judge. Rows are appended as they finish, so an
-    interrupted benchmark resumes where it stopped. Any joblib backend works (``joblib.parallel_config``).
+    Two rounds of joblib tasks: one embedding per (dataset, run, variant), read from or written to the
+    cache, then one reduce-fit-judge per item. Rows are appended as they finish, so an interrupted
+    benchmark resumes where it stopped. Any joblib backend runs them: ``SEG4SEG_BACKEND=dask`` (see
+    :mod:`seg4seg_utils.scaleout`) or an enclosing ``joblib.parallel_config``; on a cluster ``n_jobs`` is
+    ignored and every worker is used.
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    from .data import read_dataset
-    from .embed import embed_dataset
+    from .scaleout import effective_n_jobs, joblib_backend
 
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["key"] for r in _read_rows(results_path)}
     todo = [it for it in items if it.key not in done]
     if todo:
-        embeddings = {}
-        for it in todo:
-            k = (it.dataset_root, it.run_root, it.image_variant)
-            if k not in embeddings:
-                emb = embed_dataset(read_dataset(it.dataset_root, validate="none", require_splits=()), embedder,
-                                    it.image_variant, run=load_run(it.run_root), split="test", cache_dir=cache_dir,
-                                    progress=progress)
-                embeddings[k] = (emb.ids, emb.X)
-        runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-        reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
-        rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
-                                        embedder.name, reduced) for it in todo)
-        if results_path.is_file() and results_path.stat().st_size:
-            with results_path.open("rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                cut_short = fh.read(1) != b"\n"
-            if cut_short:  # an interrupted write left half a line: end it so new rows start cleanly
-                with results_path.open("a") as fh:
-                    fh.write("\n")
-        with results_path.open("a") as fh:
-            for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
+        with joblib_backend():  # SEG4SEG_BACKEND / SEG4SEG_SCHEDULER when set; otherwise nothing changes
+            jobs = list(dict.fromkeys((it.dataset_root, it.run_root, it.image_variant) for it in todo))
+            runner = Parallel(n_jobs=effective_n_jobs(n_jobs), return_as="generator")
+            results = runner(delayed(_embed_item)(*job, embedder, cache_dir) for job in jobs)
+            embeddings = dict(zip(jobs, tqdm(results, total=len(jobs), desc="embeddings", disable=not progress)))
+            runner = Parallel(n_jobs=effective_n_jobs(n_jobs), return_as="generator_unordered")
+            reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
+            rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
+                                            embedder.name, reduced) for it in todo)
+            if results_path.is_file() and results_path.stat().st_size:
+                with results_path.open("rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    cut_short = fh.read(1) != b"\n"
+                if cut_short:  # an interrupted write left half a line: end it so new rows start cleanly
+                    with results_path.open("a") as fh:
+                        fh.write("\n")
+            with results_path.open("a") as fh:
+                for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
     wanted = {it.key for it in items}
     return pd.DataFrame([r for r in _read_rows(results_path) if r["key"] in wanted])
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
            "detection_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery",
-           "gamma_sweep_plot"]
+           "gamma_sweep_plot", "worker_timeline"]
 
 MASK_COLOR = "#00e5ff"
 
@@ -233,4 +233,26 @@ def gamma_sweep_plot(table: "pd.DataFrame", value: str = "detection_rate", panel
         ax.set_ylim(-0.05, 1.05)
     axes[0].set_ylabel(value.replace("_", " "))
     axes[-1].legend(fontsize=7, title="prevalence", title_fontsize=7)
+    return fig
+
+
+def worker_timeline(rows: dict[str, "pd.DataFrame"], panel: float = 2.2) -> Figure:
+    """Which process ran which slicer fit, and when: one panel per backend, one lane per worker.
+
+    ``rows`` maps a label (e.g. ``"loky, 2 processes"``) to benchmark rows with the provenance columns
+    ``worker``, ``started``, ``seconds_reduce`` and ``seconds_fit`` (see ``experiments.run_item``).
+    """
+    fig = Figure(figsize=(7.0, 0.6 + panel * len(rows) * 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
+    t0 = min(float(r["started"].min()) for r in rows.values())
+    for ax, (label, r) in zip(axes, rows.items()):
+        lanes = {w: i for i, w in enumerate(sorted(r["worker"].unique()))}
+        for row in r.itertuples():
+            start = row.started - t0
+            ax.barh(lanes[row.worker], row.seconds_reduce, left=start, color="#9ecae1", edgecolor="none")
+            ax.barh(lanes[row.worker], row.seconds_fit, left=start + row.seconds_reduce, color="#08519c",
+                    edgecolor="none")
+        ax.set_yticks(range(len(lanes)), [f"pid {w.rsplit(':', 1)[1]}" for w in lanes])
+        ax.set_title(f"{label}: {len(r)} fits on {len(lanes)} worker(s)", fontsize=9)
+    axes[-1].set_xlabel("seconds since the first fit started (light: reduction, dark: mixture fit)")
     return fig

@@ -1,0 +1,119 @@
+"""Scale-out: embedders travel as recipes, and the detection sweep runs unchanged on a two-worker Dask cluster."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from seg4seg_utils import scaleout
+from seg4seg_utils.embed import Embedder, EfficientNetLite0Embedder, SegmentationEncoderEmbedder
+from seg4seg_utils.experiments import SlicerSettings, benchmark_items, load_run, run_benchmark
+from seg4seg_utils.pipeline import case_datasets, detection_benchmark, train_grid
+
+PROVENANCE = ("seconds_reduce", "seconds_fit", "worker", "started")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    grid = case_datasets("smoke", root / "data", cases="AD", progress=False)
+    gaps = train_grid(grid, "smoke", root / "runs", None, progress=False)
+    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
+    return root, grid, gaps, runs
+
+
+def test_builtin_embedders_pickle_as_recipes_not_weights(trained):
+    root, grid, gaps, runs = trained
+    lite = EfficientNetLite0Embedder()
+    blob = pickle.dumps(lite)
+    assert len(blob) < 2_000, "a recipe, not 13 MB of tensors"
+    again = pickle.loads(blob)
+    assert pickle.loads(blob) is again, "rebuilt once per process, then reused"
+    images = [np.full((40, 50, 3), v, np.uint8) for v in (0, 90, 200)]
+    np.testing.assert_array_equal(again.embed(images), lite.embed(images))
+    enc = SegmentationEncoderEmbedder(runs[0][4])
+    enc2 = pickle.loads(pickle.dumps(enc))
+    assert enc2.key_fields() == enc.key_fields() and enc2.name == enc.name
+    np.testing.assert_allclose(enc2.embed(images), enc.embed(images), rtol=1e-5, atol=1e-6)
+
+
+class TinyEmbedder(Embedder):
+    name = key_name = "tiny"
+    dim = 2
+
+    def __init__(self, scale: float):
+        super().__init__("cpu")
+        self.scale = scale
+
+
+def test_other_embedders_pickle_as_usual():
+    tiny = pickle.loads(pickle.dumps(TinyEmbedder(3.0)))
+    assert isinstance(tiny, TinyEmbedder) and tiny.scale == 3.0
+
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.delenv(scaleout.BACKEND_ENV, raising=False)
+    monkeypatch.delenv(scaleout.SCHEDULER_ENV, raising=False)
+    with scaleout.joblib_backend() as info:  # nothing configured: nothing changes
+        assert not info.distributed and scaleout.effective_n_jobs(2) == 2
+    monkeypatch.setenv(scaleout.BACKEND_ENV, "threading")
+    with scaleout.joblib_backend() as info:
+        assert info.name == "threading" and scaleout.active_backend().name == "threading"
+    with pytest.raises(ValueError, match="local:N"):
+        with scaleout.joblib_backend("dask", scheduler="local:zero"):
+            pass
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="ray"):
+            with scaleout.joblib_backend("ray"):
+                pass
+
+
+def _result(rows):
+    return rows.drop(columns=list(PROVENANCE)).sort_values("key").reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_two_worker_dask_cluster_matches_loky(trained, tmp_path, monkeypatch):
+    """The environment switch alone moves embedding extraction and every fit onto the cluster; same rows."""
+    root, grid, gaps, runs = trained
+    items = benchmark_items(runs, slicer_seeds=(0, 1, 2, 3), image_variants=("x0", "x0*M_GT"),
+                            settings=SlicerSettings(reduce="pca"))
+    embedder = EfficientNetLite0Embedder()
+    local = run_benchmark(items, embedder, tmp_path / "loky.jsonl", cache_dir=tmp_path / "cache-loky", n_jobs=2,
+                          progress=False)
+
+    monkeypatch.setenv(scaleout.BACKEND_ENV, "dask")
+    monkeypatch.setenv(scaleout.SCHEDULER_ENV, "local:2")
+    dask_rows = run_benchmark(items, embedder, tmp_path / "dask.jsonl", cache_dir=tmp_path / "cache-dask", n_jobs=1,
+                              progress=False)
+    assert len(dask_rows) == len(items) == 16
+    pids = {w.rsplit(":", 1)[1] for w in dask_rows["worker"]}
+    assert str(os.getpid()) not in pids, "fits ran on the cluster's workers, not in this process"
+    assert len(pids) == 2, f"both workers took part: {pids}"
+    assert (tmp_path / "cache-dask").is_dir() and any((tmp_path / "cache-dask").glob("*.npy")), \
+        "embeddings were extracted (and cached) by the workers"
+    # same embeddings, same fits, same verdicts, whichever backend ran them
+    a, b = _result(local), _result(dask_rows)
+    assert a.drop(columns=["omega2"]).equals(b.drop(columns=["omega2"]))
+    np.testing.assert_allclose(a["omega2"], b["omega2"], rtol=1e-9)
+
+    # the pipeline entry points (what notebooks and `make run` call) need no change either
+    table = detection_benchmark(grid, gaps, "smoke", tmp_path / "detection", embedder=embedder,
+                                cache_dir=tmp_path / "cache-dask", settings=SlicerSettings(reduce="pca"),
+                                progress=False)
+    assert set(table["case"]) == {"A", "D"}
+
+
+def test_command_line_exports_the_backend_for_notebook_kernels(tmp_path, monkeypatch, capsys):
+    from seg4seg_utils.cli import main
+
+    monkeypatch.delenv(scaleout.BACKEND_ENV, raising=False)
+    monkeypatch.delenv(scaleout.SCHEDULER_ENV, raising=False)
+    assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
+                 "--scheduler", "local:2"]) == 2
+    assert "--scheduler needs --backend" in capsys.readouterr().err
+    assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
+                 "--backend", "dask", "--scheduler", "tcp://10.0.0.5:8786"]) == 0
+    assert os.environ[scaleout.BACKEND_ENV] == "dask" and os.environ[scaleout.SCHEDULER_ENV] == "tcp://10.0.0.5:8786"
