@@ -19,6 +19,7 @@ two-worker Dask cluster).
 """
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -106,7 +107,8 @@ def joblib_backend(backend: str | None = None, scheduler: str | None = None, n_w
             if n_local is not None:
                 # processes, one thread each: torch/UMAP/numba release the GIL unevenly, processes never share it
                 cluster = stack.enter_context(LocalCluster(n_workers=n_local, threads_per_worker=threads_per_worker,
-                                                           processes=True, dashboard_address=None))
+                                                           processes=True, dashboard_address=None,
+                                                           silence_logs=logging.ERROR))
                 client = stack.enter_context(Client(cluster))
             else:
                 client = stack.enter_context(Client(scheduler))
