@@ -418,6 +418,54 @@ class SliceBrowser:
         s = self.selected if s is None else self._check_slice(s)
         return self.explanations.get(s, NO_EXPLANATION)
 
+    def contrast(self, s: int | None = None, top: int = 2, min_effect: float = 0.5) -> pd.DataFrame:
+        """What stands out about a slice's attributes compared with the rest of the test set.
+
+        For every attribute column (not the metrics, not the purity attribute itself, which has its own row):
+        categorical or boolean columns compare, per value, the share inside the slice with the share outside
+        (effect size Cohen's h = |2 asin sqrt(p_in) - 2 asin sqrt(p_out)|); numeric columns with more than six
+        distinct values compare means (Cohen's d with the pooled standard deviation). Returns the ``top`` rows
+        with effect >= ``min_effect`` (0.5 = "medium"), largest first, with a readable ``text``. This is a plain
+        description of the metadata, not a learned explanation; an empty or full slice gives an empty table.
+        """
+        s = self.selected if s is None else self._check_slice(s)
+        inside = self.labels == s
+        cols = ["column", "value", "effect", "text"]
+        if inside.all() or not inside.any():
+            return pd.DataFrame(columns=cols)
+        rows = []
+        for col in self.attribute_columns:
+            if col == self.attribute_name:
+                continue
+            v = self.metrics[col]
+            if pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v) and v.nunique() > 6:
+                x = pd.to_numeric(v, errors="coerce").to_numpy(dtype=float)
+                a, b = x[inside], x[~inside]
+                a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+                if len(a) < 1 or len(b) < 1:
+                    continue
+                pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1 if len(a) > 1 else 0) +
+                                  (len(b) - 1) * b.var(ddof=1 if len(b) > 1 else 0)) / max(len(a) + len(b) - 2, 1))
+                if pooled == 0:
+                    continue
+                d = abs(a.mean() - b.mean()) / pooled
+                rows.append((col, None, d, f"{col}: mean {a.mean():.3g} here vs {b.mean():.3g} elsewhere", True))
+            else:
+                cats = v.astype(str).to_numpy()
+                for level in pd.unique(cats):
+                    p_in, p_out = (cats[inside] == level).mean(), (cats[~inside] == level).mean()
+                    h = abs(2 * np.arcsin(np.sqrt(p_in)) - 2 * np.arcsin(np.sqrt(p_out)))
+                    rows.append((col, level, h, f"{col} = {level}: {p_in:.0%} here vs {p_out:.0%} elsewhere",
+                                 p_in > p_out))
+        if not rows:
+            return pd.DataFrame(columns=cols)
+        out = pd.DataFrame(rows, columns=[*cols, "_over"])
+        # ties (a boolean's two values have the same h) go to the value over-represented in the slice
+        out = out[out["effect"] >= min_effect].assign(_e=lambda t: t["effect"].round(9))
+        out = out.sort_values(["_e", "_over"], ascending=False, kind="stable")[cols]
+        # one row per column (its most different value), so a boolean column is not listed twice
+        return out.drop_duplicates("column").head(top).reset_index(drop=True)
+
     def slice_label(self, s: int) -> str:
         """One line per slice for the selector: size, mean performance and flags."""
         row = self.slice_metrics(s)
@@ -473,7 +521,10 @@ class SliceBrowser:
             cats = pd.Series(values).astype(str)
             levels = sorted(cats.unique())
             if set(levels) <= {"True", "False"}:
-                palette = {"False": REST_COLOR, "True": ATTRIBUTE_COLOR}
+                # the rarer value is the subgroup a reader looks for (e.g. caliper=False): pink, the rest grey;
+                # the purity attribute keeps True = pink, since True is what it marks
+                rare = "True" if colour_by == self.attribute_name or (cats == "True").mean() <= 0.5 else "False"
+                palette = {rare: ATTRIBUTE_COLOR, ("False" if rare == "True" else "True"): REST_COLOR}
             else:
                 palette = {c: colormaps["tab10"](k % 10) for k, c in enumerate(levels)}
             for c in levels:
@@ -567,14 +618,19 @@ class SliceBrowser:
                   ("in the bottom 40 %", _yes(row["bottom"])),
                   ("failing slice" + (" (protocol winner)" if self.report is not None and self.report.success
                                       else " (lowest mean)"), _yes(row["failing"]))]
-        body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th><td>{html.escape(v)}"
+        body = "".join(f"<tr><th style='text-align:left;padding:1px 1em 1px 0'>{html.escape(k)}</th><td>{html.escape(v)}"
                        "</td></tr>" for k, v in items)
-        return f"<table class='s4s-metrics'>{body}</table>"
+        return f"<table class='s4s-metrics' style='font-size:90%'>{body}</table>"
 
     def explanation_html(self, s: int | None = None) -> str:
+        """The explanation (given from outside) and the attribute contrast (computed here), as HTML."""
         text = self.explanation(s)
         style = "font-style:italic;color:#666" if text == NO_EXPLANATION else ""
-        return f"<p class='s4s-explanation' style='{style}'><b>Explanation:</b> {html.escape(text)}</p>"
+        stands = self.contrast(s)
+        facts = "; ".join(stands["text"]) if len(stands) else "nothing (no attribute differs by a medium effect)"
+        return (f"<p class='s4s-explanation' style='{style}'><b>Explanation:</b> {html.escape(text)}</p>"
+                f"<p class='s4s-contrast' style='font-size:90%'><b>Stands out in the metadata:</b> "
+                f"{html.escape(facts)}</p>")
 
     def slice_html(self, s: int | None = None, n: int | None = None, dpi: int = 80) -> str:
         """Gallery, metrics and explanation of one slice as an HTML fragment (shared by widget and static view)."""
@@ -680,22 +736,24 @@ def _draw_prediction(ax, pred: np.ndarray, truth: np.ndarray) -> None:
 
 
 def _summary_html(b: SliceBrowser) -> str:
+    """A compact slice table for the static view (narrow enough for a book page): flags in one column, the
+    explanation only when some slice has one."""
     t = b.summary_table()
-    order = [s for _, s in b.slice_options()]
-    t = t.set_index("slice").loc[order].reset_index()
-    cols = ["slice", "size", "share", *[f"mean_{c}" for c in b.metric_columns]]
-    cols += ["purity", "precision_at_k"] if b.attribute is not None else []
-    cols += ["eligible", "bottom", "failing", "explanation"]
-    show = t[cols].copy()
-    show["share"] = [f"{v:.1%}" for v in show["share"]]
-    for c in cols:
-        if c.startswith("mean_") or c in ("purity", "precision_at_k"):
-            show[c] = [_fmt(v) for v in show[c]]
-        elif c in ("eligible", "bottom", "failing"):
-            show[c] = [_yes(v) for v in show[c]]
-    k = b.report.params.get("k", 10) if b.report is not None else 10
-    show = show.rename(columns={**{f"mean_{c}": f"mean {_metric_label(c)}" for c in b.metric_columns},
-                                "precision_at_k": f"precision@{k}"})
+    t = t.set_index("slice").loc[[s for _, s in b.slice_options()]].reset_index()
+    perf = b.performance
+    show = pd.DataFrame({"slice": t["slice"], "size": t["size"], "share": [f"{v:.1%}" for v in t["share"]],
+                         f"mean {_metric_label(perf)}": [_fmt(v) for v in t[f"mean_{perf}"]]})
+    for extra in ("ppv", "npv"):
+        if extra != perf and f"mean_{extra}" in t.columns:
+            show[f"mean {_metric_label(extra)}"] = [_fmt(v) for v in t[f"mean_{extra}"]]
+    if b.attribute is not None:
+        show["purity"] = [_fmt(v) for v in t["purity"]]
+        show[f"P@{b.report.params.get('k', 10)}"] = [_fmt(v) for v in t["precision_at_k"]]
+    show["flags"] = [", ".join((["failing"] if f else []) + (["bottom"] if bt else []) +
+                               ([] if e else ["empty" if n == 0 else "small"]))
+                     for f, bt, e, n in zip(t["failing"], t["bottom"], t["eligible"], t["size"])]
+    if b.explanations:
+        show["explanation"] = [x if len(x) <= 90 else x[:87] + "..." for x in t["explanation"]]
     return show.to_html(index=False, classes="s4s-table", border=0, escape=True)
 
 
@@ -781,7 +839,10 @@ class BrowserWidget:
         self.slice.value = order[(order.index(self.slice.value) + k) % len(order)]
 
     def _repr_mimebundle_(self, **kwargs: Any):
-        return self.box._repr_mimebundle_(**kwargs)
+        bundle = self.box._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = ("Interactive slice browser: needs a live Jupyter kernel (in a static page it does "
+                                "nothing; the static view shows the same content).")
+        return bundle
 
     def __repr__(self) -> str:
         return f"BrowserWidget({self.browser!r}) - interactive only with a live kernel"

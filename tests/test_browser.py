@@ -185,6 +185,11 @@ def test_colour_options_and_unknown_attribute(data):
     for o in ("slice", "dice", "flag", "style", "gain"):
         fig = b.colour(o).scatter()
         assert fig.axes[0].get_title() == f"coloured by {o}"
+    # boolean columns: the rarer value is pink (what a reader looks for), the purity attribute's True is pink
+    table, ids, xy, metrics, preds, _ = data
+    c = SliceBrowser(table, ids, xy, LABELS, metrics.assign(present=~metrics["flag"].astype(bool)), n_slices=4)
+    colours = {h.get_label(): h.get_color() for h in c.scatter("present", highlight=None).axes[0].get_legend().legend_handles}
+    assert colours == {"False": "#ff4081", "True": "#b0bec5"}
     with pytest.raises(ValueError, match=r"cannot colour by 'size_mm'; choose one of \['slice', 'dice'"):
         b.colour("size_mm")
     with pytest.raises(ValueError, match="attribute 'nope' is not a column.*'flag'"):
@@ -209,6 +214,10 @@ def test_static_html_has_one_section_per_slice_with_valid_images(data):
             assert im.size[0] > 50 and im.size[1] > 20
     assert "dark images" in page and page.count(NO_EXPLANATION) >= 3
     assert "No test image was assigned to this slice" in page
+    table_html = page[page.index("s4s-table"):]
+    table_html = table_html[:table_html.index("</table>")]
+    assert "failing, bottom" in table_html and "<th>explanation</th>" in table_html
+    assert "<th>explanation</th>" not in make(data).to_html(n=1)  # no explanations: no column
     out = b.save_html(Path(data[5]) / "browser.html")
     assert out.read_text().startswith("<!doctype html>")
 
@@ -239,3 +248,16 @@ def test_explanations_in_both_forms(data):
         make(data, explanations={9: "?"})
     with pytest.raises(TypeError):
         normalise_explanations(["a", "b"])
+
+
+# ------------------------------------------------------------------------------------------------ contrast
+def test_contrast_names_the_planted_attribute(data):
+    b = make(data)  # no purity attribute, so 'flag' is a candidate
+    c = b.contrast(1)
+    assert c["column"].iat[0] == "flag" and c["value"].iat[0] == "True"
+    assert c["effect"].iat[0] == pytest.approx(abs(2 * np.arcsin(1.0) - 2 * np.arcsin(np.sqrt(1 / 8))))
+    assert c["text"].iat[0] == "flag = True: 100% here vs 12% elsewhere"
+    assert "style" not in set(c["column"])  # 50/50 inside and outside: no effect
+    assert "flag" not in set(make(data, attribute="flag").contrast(1)["column"])  # purity covers it
+    assert b.contrast(3).empty  # empty slice
+    assert "Stands out in the metadata:</b> flag = True" in b.explanation_html(1)
