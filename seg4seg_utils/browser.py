@@ -671,7 +671,7 @@ class SliceBrowser:
         title = html.escape(self.title or "Slice browser")
         parts = [f"<div class='s4s-browser'><h3 style='margin-top:0.3em'>{title}</h3>",
                  f"<p>{html.escape(self.verdict())}</p>",
-                 _img_tag(self.overview(), "overview maps", dpi),
+                 _img_tag(self.overview(), "overview maps", max(dpi, 100)),
                  "<p style='font-size:90%'>Each dot is a test image placed by a 2-d UMAP of its embedding; numbers "
                  "mark slice centres. Open a slice below for its members (ground truth cyan, prediction pink), "
                  "metrics and explanation.</p>",
