@@ -466,11 +466,12 @@ def clip_score_difference(image_embeddings: np.ndarray, text_embedding_: np.ndar
 def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                  cache_dir: str | os.PathLike | None = "cache/embeddings", clip: "ClipEmbedder | None" = None,
                  n_top: int = 5, gamma: float = 10.0, n_components: int = 8, withheld: bool = True,
-                 progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+                 reduce: str = "umap", progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Image-only vs image+metadata SEG4SEG slicing of one trained model's test split, each slice explained.
 
     Variants (the slicer's input; the explanations always read the full metadata of the test split):
-    ``image`` - UMAP-``n_components`` of the image embedding (the benchmark's own cached reduction);
+    ``image`` - UMAP-``n_components`` of the image embedding (the benchmark's own cached reduction; ``reduce="pca"``
+    for quick tests);
     ``image+metadata`` - the same side by side with the metadata text embedding (:func:`joint_features`);
     ``image+metadata (attribute withheld)`` (when ``withheld``) - the text embedding built without the case's
     attribute column, i.e. what metadata adds when the failure attribute was never recorded.
@@ -509,7 +510,7 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     reduced_cache = Path(cache_dir) / "reduced" if cache_dir is not None else None
     rows, tables = [], {}
     for seed in seeds:
-        Z = _reduced(emb.X, "umap", n_components, int(seed), reduced_cache)
+        Z = _reduced(emb.X, reduce, n_components, int(seed), reduced_cache)
         variants = {"image": Z}
         for name, (T, _) in texts.items():
             if T.shape[1] != Z.shape[1]:
