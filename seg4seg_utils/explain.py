@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NEVER_USED", "BIN_LABELS", "FALLBACK_TEXT_EMBEDDING", "metadata_text", "attribute_token", "tfidf",
            "distinctiveness", "reference_slice", "explain_slices", "global_baseline", "text_embedding",
-           "joint_features", "clip_score_difference", "explain_case", "distinctiveness_plot"]
+           "joint_features", "clip_score_difference", "explain_case", "summary_table", "distinctiveness_plot"]
 
 #: columns that never become text: identifiers, split, file paths, the hidden failure flag, per-image performance
 NEVER_USED: frozenset[str] = frozenset({
@@ -551,6 +551,31 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     return pd.DataFrame(rows), extras
 
 
+def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`explain_case` rows (any number of cases/prevalences) aggregated over slicer seeds.
+
+    Per case, prevalence (when present) and variant: detection rate, mean P@10 of the worst slice and the
+    protocol's max P@10, mean purity of the worst slice, the worst slice's most frequent top token ("token (k/n)"),
+    the share of seeds whose top token names the attribute, the median rank of the attribute token, the share
+    where some bottom slice's top token names it, and the mean CLIP score difference (NaN without CLIP).
+    """
+    keys = [k for k in ("case", "prevalence", "variant") if k in rows.columns]
+    if not len(rows):
+        raise ValueError("no rows to summarise")
+
+    def mode(tokens: pd.Series) -> str:
+        counts = tokens.fillna("-").value_counts()
+        return f"{counts.index[0]} ({counts.iloc[0]}/{len(tokens)})"
+
+    out = rows.groupby(keys, sort=False).agg(
+        detection_rate=("success", "mean"), p_at_10_worst=("p_at_10_worst", "mean"),
+        p_at_10_max=("p_at_10_max", "mean"), worst_purity=("worst_purity", "mean"), top_token=("top_token", mode),
+        names_attribute=("names_attribute", "mean"), attribute_rank=("attribute_rank", "median"),
+        named_by_a_bottom_slice=("names_attribute_bottom", "mean"), clip_score_diff=("clip_score_diff", "mean"),
+        n_seeds=("success", "size")).reset_index()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- plots
 def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str] | None = None, n_top: int = 6,
                          title: str = "Most distinctive tokens of the worst slice"):
@@ -567,8 +592,10 @@ def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str]
         colours = ["tab:red" if t == highlight.get(key) else "0.6" for t in s.index]
         ax.barh([t.replace("_", " ") for t in s.index], s.to_numpy(), color=colours)
         ax.axvline(0, color="k", lw=0.6)
-        ax.set_title(str(key), fontsize=10)
-        ax.set_xlabel("distinctiveness (mean TF-IDF, slice - reference)", fontsize=8)
+        target = highlight.get(key)
+        missing = f"\n({target.replace('_', ' ')!r} not in the top {n_top})" if target and target not in s.index else ""
+        ax.set_title(f"{key}{missing}", fontsize=9)
+        ax.set_xlabel("mean TF-IDF, slice - reference", fontsize=8)
         ax.tick_params(labelsize=8)
     fig.suptitle(title + " (red: the injected attribute's token)", fontsize=10)
     fig.tight_layout()
