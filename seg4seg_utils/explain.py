@@ -331,8 +331,8 @@ def explain_slices(labels: Any, performance: Any, metadata: Any, *, n_top: int =
         texts = {}
     rows = []
     for s in range(k):
-        row = stats.iloc[s].to_dict()
-        row = {"slice": s, "size": int(row["size"]), "mean_perf": float(row["mean_perf"]), "eligible": bool(row["eligible"])}
+        row = {"slice": s, "size": int(stats["size"].iat[s]), "mean_perf": float(stats["mean_perf"].iat[s]),
+               "eligible": bool(stats["eligible"].iat[s])}
         members = lab == s
         ref = None if reference == "rest" else reference_slice(stats, s)
         ref_mask = ~members if reference == "rest" else (lab == ref if ref is not None else None)

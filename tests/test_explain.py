@@ -348,3 +348,27 @@ def test_explain_case_on_a_planted_case_d(tmp_path):
     assert "not CLIP" in extras["text_embedding"]
     for ex in extras["explanations"].values():
         assert len(ex) == 10 and np.isfinite(np.concatenate([s for s in ex["top_scores"] if s])).all()
+    summary = X.summary_table(rows)
+    assert len(summary) == 3 and (summary["n_seeds"] == 2).all()
+    row = summary.set_index("variant").loc["image+metadata"]
+    assert row["top_token"] == "low_quality (2/2)" and row["names_attribute"] == 1 and row["detection_rate"] == 1
+    assert np.isnan(row["clip_score_diff"])
+    with pytest.raises(ValueError, match="no rows"):
+        X.summary_table(rows.iloc[:0])
+
+
+def test_distinctiveness_plot_highlights_the_attribute_token():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    scores = {"A": pd.Series([0.5, 0.1, -0.2], index=["no_caliper", "low_gain", "caliper"]),
+              "B": pd.Series([0.3, 0.2], index=["low_lesion_fraction", "hair"])}
+    fig = X.distinctiveness_plot(scores, {"A": "no_caliper", "B": "cropped"}, n_top=2)
+    ax_a, ax_b = fig.axes
+    red = matplotlib.colors.to_rgba("tab:red")
+    bars_a = {t.get_text(): p.get_facecolor() for t, p in zip(ax_a.get_yticklabels(), ax_a.patches)}
+    assert bars_a == {"low gain": bars_a["low gain"], "no caliper": red} and bars_a["low gain"] != red
+    assert len(ax_a.patches) == 2  # n_top
+    assert "'cropped' not in the top 2" in ax_b.get_title() and all(p.get_facecolor() != red for p in ax_b.patches)
+    with pytest.raises(ValueError, match="at least one"):
+        X.distinctiveness_plot({})
