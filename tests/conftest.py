@@ -30,3 +30,31 @@ def isic_styles_csv() -> Path:
     if not path.is_file():
         pytest.skip(f"IMA++ metadata not found at {path} (set SEG4SEG_SHARED_DATA)")
     return path
+
+
+TINY_CLIP = "seg4seg-test-tiny-vit"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory):
+    """A tiny open_clip ViT registered as TINY_CLIP and its RANDOM weights saved to a file.
+
+    Only for testing the CLIP code paths (loading, image and text towers); never presented as CLIP.
+    Returns (weights path, state dict).
+    """
+    import json
+
+    import open_clip
+    import torch
+
+    folder = tmp_path_factory.mktemp("clipcfg")
+    cfg = {"embed_dim": 32,
+           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_CLIP)  # random weights, deliberately: this only tests loading
+    path = folder / "tiny_random_weights.pt"
+    torch.save(model.state_dict(), path)
+    return path, model.state_dict()

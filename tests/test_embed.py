@@ -17,7 +17,7 @@ from seg4seg_utils import embed as E
 from seg4seg_utils.data import SampleTable
 from seg4seg_utils.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
 
-TINY_CLIP = "seg4seg-test-tiny-vit"
+from conftest import TINY_CLIP
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -39,25 +39,6 @@ def smoke_run(table, tmp_path_factory):
 
     return train(table, train_preset("smoke", max_train_samples=8, epochs=1), runs_dir=tmp_path_factory.mktemp("runs"),
                  progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_file(tmp_path_factory):
-    """A tiny open_clip ViT registered under TINY_CLIP and its RANDOM weights saved to a file (test only)."""
-    import open_clip
-    import torch
-
-    folder = tmp_path_factory.mktemp("clipcfg")
-    cfg = {"embed_dim": 32,
-           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_CLIP)  # random weights, deliberately: this only tests loading
-    path = folder / "tiny_random_weights.pt"
-    torch.save(model.state_dict(), path)
-    return path, model.state_dict()
 
 
 class CountingEmbedder(E.Embedder):

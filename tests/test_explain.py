@@ -16,7 +16,7 @@ import pytest
 
 from seg4seg_utils import explain as X
 
-TINY_CLIP = "seg4seg-test-tiny-vit-explain"
+from conftest import TINY_CLIP
 
 
 # ------------------------------------------------------------------------------------------------ TF-IDF
@@ -258,23 +258,11 @@ def test_clip_score_difference_by_hand():
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny open_clip ViT with RANDOM weights saved to a file and loaded back through ClipEmbedder (test only)."""
-    import open_clip
-    import torch
-
+def tiny_clip(tiny_clip_file):
+    """The tiny RANDOM-weight open_clip model of conftest, loaded back through ClipEmbedder (test only)."""
     from seg4seg_utils.embed import ClipEmbedder
 
-    folder = tmp_path_factory.mktemp("clipcfg")
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(0)
-    path = folder / "tiny_random_weights.pt"
-    torch.save(open_clip.create_model(TINY_CLIP).state_dict(), path)
-    return ClipEmbedder(TINY_CLIP, pretrained=str(path), device="cpu")
+    return ClipEmbedder(TINY_CLIP, pretrained=str(tiny_clip_file[0]), device="cpu")
 
 
 def test_clip_text_path_mechanics(tiny_clip):
