@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["PATCH_METRICS", "AGGREGATIONS", "patch_bounds", "split_patches", "assemble_patches", "patch_metrics",
            "PatchData", "embed_patches", "patch_dataset", "aggregate_patches", "PatchSliceFinder", "region_map",
-           "PatchBenchmarkItem", "patch_benchmark", "detection_summary", "patch_grid_figure", "region_heatmap_figure",
+           "PatchBenchmarkItem", "run_patch_item", "patch_benchmark", "level_names", "detection_summary", "patch_grid_figure", "region_heatmap_figure",
            "patch_scatter_figure", "detection_bars_figure"]
 
 PATCH_METRICS: tuple[str, ...] = ("accuracy", "dice", "sensitivity")
@@ -381,7 +381,7 @@ class PatchBenchmarkItem:
     grid: int = 4
     n_slices: int | None = None      # None: the case's image-level slice count (20 for B)
     gamma: float = 10.0
-    aggregate: str = "lift"
+    aggregate: str = "lift"          # lift | share (PatchSliceFinder) | pooled (baseline, see run_patch_item)
     position: bool = False
     patch_metric: str = "accuracy"
 
@@ -402,23 +402,39 @@ def _reduced_patches(data: PatchData, seed: int, cache_dir: str | os.PathLike | 
 
 
 def run_patch_item(item: PatchBenchmarkItem, data: PatchData,
-                   reduced_cache: str | os.PathLike | None = None) -> tuple[dict[str, Any], PatchSliceFinder]:
-    """Fit one :class:`PatchSliceFinder` and judge its image groups with the image-level protocol."""
+                   reduced_cache: str | os.PathLike | None = None) -> tuple[dict[str, Any], Any]:
+    """Fit one item and judge its image groups with the image-level protocol -> (row, fitted slicer).
+
+    ``aggregate`` "lift"/"share": a :class:`PatchSliceFinder` (patches sliced, then aggregated). "pooled" is a
+    baseline that separates *patch features* from *patch slicing*: the image's patch embeddings are averaged into
+    one image embedding and the ordinary image-level SliceFinder (UMAP-8, image Dice, ``gamma``) slices images.
+    """
+    from .experiments import _reduced
     from .inject import CASES
     from .protocol import evaluate_slices
+    from .slicer import SliceFinder
 
     if item.patch_metric not in data.patch_perf:
         raise ValueError(f"unknown patch metric {item.patch_metric!r}; choose one of {sorted(data.patch_perf)}")
     n_slices = item.n_slices or CASES[item.case].n_slices
-    t0 = time.perf_counter()
-    Z = _reduced_patches(data, item.slicer_seed, reduced_cache)
-    t1 = time.perf_counter()
-    psf = PatchSliceFinder(n_slices=n_slices, gamma=item.gamma, aggregate=item.aggregate, position=item.position,
-                           random_state=item.slicer_seed).fit(data.X, data.patch_perf[item.patch_metric], reduced=Z)
-    t2 = time.perf_counter()
     dice = data.metrics["dice"].to_numpy(dtype=np.float64)
     attr = data.metrics["failure"].astype(bool).to_numpy()
-    report = evaluate_slices(psf.image_labels_, dice, attr, proba=psf.image_proba_, n_slices=n_slices)
+    t0 = time.perf_counter()
+    if item.aggregate == "pooled":
+        Z = _reduced(data.X.mean(axis=1), "umap", 8, item.slicer_seed, reduced_cache)
+        t1 = time.perf_counter()
+        fitted: Any = SliceFinder(n_slices=n_slices, gamma=item.gamma, reduce=None,
+                                  random_state=item.slicer_seed).fit(Z, dice)
+        labels, proba = fitted.labels_, fitted.proba_
+    else:
+        Z = _reduced_patches(data, item.slicer_seed, reduced_cache)
+        t1 = time.perf_counter()
+        fitted = PatchSliceFinder(n_slices=n_slices, gamma=item.gamma, aggregate=item.aggregate,
+                                  position=item.position, random_state=item.slicer_seed).fit(
+            data.X, data.patch_perf[item.patch_metric], reduced=Z)
+        labels, proba = fitted.image_labels_, fitted.image_proba_
+    t2 = time.perf_counter()
+    report = evaluate_slices(labels, dice, attr, proba=proba, n_slices=n_slices)
     win = report.winning_slice
     row = {"key": item.key, "level": "patch", "case": item.case, "prevalence": item.prevalence,
            "data_seed": item.data_seed, "slicer_seed": item.slicer_seed, "grid": item.grid, "n_slices": n_slices,
@@ -428,7 +444,7 @@ def run_patch_item(item: PatchBenchmarkItem, data: PatchData,
            "winning_size": int(report.table.loc[win, "size"]) if win is not None else None,
            "winning_perf": float(report.table.loc[win, "mean_perf"]) if win is not None else None,
            "seconds_reduce": t1 - t0, "seconds_fit": t2 - t1}
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}, psf
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}, fitted
 
 
 def patch_benchmark(runs: Sequence[tuple], embedder: "Embedder", results_path: str | os.PathLike,
@@ -479,19 +495,31 @@ def patch_benchmark(runs: Sequence[tuple], embedder: "Embedder", results_path: s
     return pd.DataFrame([r for r in _read_rows(results_path) if r["key"] in wanted])
 
 
+def level_names(patch_rows: pd.DataFrame) -> list[str]:
+    """A readable name per patch-benchmark row: "patch, lift", "patch, share, gamma=0.0", ... (settings that vary
+    between the patch-slicing rows are named), and "image, pooled patch features" for the pooled baseline."""
+    sliced = patch_rows[patch_rows["aggregate"] != "pooled"]
+    varying = [c for c in ("gamma", "position", "patch_metric", "grid", "n_slices") if c in sliced.columns
+               and sliced[c].nunique() > 1]
+    names = []
+    for _, r in patch_rows.iterrows():
+        if r["aggregate"] == "pooled":
+            names.append("image, pooled patch features")
+            continue
+        extra = [f"{c}={r[c]}" for c in varying if not (c == "gamma" and r[c] == sliced["gamma"].max())]
+        names.append(", ".join(["patch", str(r["aggregate"]), *extra]))
+    return names
+
+
 def detection_summary(patch_rows: pd.DataFrame, image_rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Detection rate (share of slicer seeds meeting the criterion) per level, case and prevalence, side by side.
 
     ``image_rows`` are rows of :func:`seg4seg_utils.experiments.run_benchmark` (image-level SEG4SEG); they get
-    ``level = "image"``. Patch rows are grouped by their settings too when more than one was run.
+    ``level = "image"``. Patch rows are named by :func:`level_names`.
     """
-    frames = []
-    settings = [c for c in ("aggregate", "position", "patch_metric", "gamma", "grid") if c in patch_rows.columns
-                and patch_rows[c].nunique() > 1]
     p = patch_rows.copy()
-    p["level"] = "patch" if not settings else ["patch (" + ", ".join(f"{c}={r[c]}" for c in settings) + ")"
-                                                for _, r in p.iterrows()]
-    frames.append(p)
+    p["level"] = level_names(p)
+    frames = [p]
     if image_rows is not None and len(image_rows):
         i = image_rows.copy()
         i["level"] = "image"
@@ -589,7 +617,7 @@ def detection_bars_figure(summary: pd.DataFrame, case: str = "B", panel: float =
 
     sub = summary[summary["case"] == case]
     pivot = sub.pivot_table(index="prevalence", columns="level", values="detection_rate")
-    fig = Figure(figsize=(panel + 0.4 * len(pivot.columns), 3.0), layout="constrained")
+    fig = Figure(figsize=(panel + 2.6 + 0.3 * len(pivot.columns), 3.0), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(pivot.columns))
     x = np.arange(len(pivot))
@@ -604,5 +632,5 @@ def detection_bars_figure(summary: pd.DataFrame, case: str = "B", panel: float =
     ax.set_xlabel("prevalence")
     ax.set_ylabel("detection rate")
     ax.set_title(f"case {case}: share of slicer seeds meeting the criterion", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig

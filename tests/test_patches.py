@@ -265,18 +265,49 @@ def test_patch_dataset_refuses_predictions_of_another_size(table, fake_run, tmp_
 
 
 def test_benchmark_is_resumable(table, fake_run, tmp_path, monkeypatch):
-    # 5 test images x 4 patches: small enough for reduce=None fits; UMAP is replaced by the identity here
-    monkeypatch.setattr(P, "_reduced_patches", lambda data, seed, cache: data.X.reshape(-1, data.X.shape[-1]))
+    # 5 test images x 4 patches: UMAP is replaced by the identity here (its own tests live elsewhere)
+    from seg4seg_utils import experiments
+
+    monkeypatch.setattr(experiments, "_reduced", lambda X, method, n, seed, cache: np.asarray(X, np.float64))
     runs = [("B", 0.2, 0, table, fake_run)]
     out = tmp_path / "items.jsonl"
+    settings = ({"n_slices": 2}, {"n_slices": 2, "gamma": 0.0}, {"n_slices": 2, "aggregate": "pooled"})
     rows = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
-                             grid=2, settings=({"n_slices": 2},), progress=False)
-    assert len(rows) == 2 and set(rows["level"]) == {"patch"} and (rows["n_test"] == 5).all()
-    assert rows["success"].dtype == bool
+                             grid=2, settings=settings, progress=False)
+    assert len(rows) == 6 and set(rows["level"]) == {"patch"} and (rows["n_test"] == 5).all()
+    assert rows["success"].dtype == bool and len(set(rows["key"])) == 6
     before = out.read_text()
     again = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
-                              grid=2, settings=({"n_slices": 2},), progress=False)
-    assert out.read_text() == before and len(again) == 2  # nothing refitted
-    summary = P.detection_summary(again, pd.DataFrame({"case": ["B"], "prevalence": [0.2], "success": [True],
-                                                       "purity_pass": [True], "max_purity": [1.0]}))
-    assert set(summary["level"]) == {"patch", "image"} and summary["n_seeds"].tolist() == [1, 2]
+                              grid=2, settings=settings, progress=False)
+    assert out.read_text() == before and len(again) == 6  # nothing refitted
+    # an interrupted write (half a line) is ignored and that item simply reruns
+    lines = before.splitlines()
+    out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    third = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
+                              grid=2, settings=settings, progress=False)
+    assert len(third) == 6 and sorted(third["key"]) == sorted(again["key"])
+    image = pd.DataFrame({"case": ["B"], "prevalence": [0.2], "success": [True], "purity_pass": [True],
+                          "max_purity": [1.0]})
+    summary = P.detection_summary(again, image)
+    assert summary["level"].tolist() == ["image", "image, pooled patch features", "patch, lift",
+                                         "patch, lift, gamma=0.0"]
+    assert summary["n_seeds"].tolist() == [1, 2, 2, 2]
+
+
+def test_figures_draw_without_error():
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    gt = np.zeros((32, 32), bool)
+    gt[8:20, 8:20] = True
+    fig = P.patch_grid_figure(img, gt, np.roll(gt, 3, axis=1), grid=4)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3  # image, heatmap, colour bar
+    labels = rng.integers(0, 3, (5, 4))
+    assert isinstance(P.patch_scatter_figure(rng.normal(size=(20, 2)), labels, np.arange(5) < 2, highlight=1), Figure)
+    with pytest.raises(ValueError, match="20 patches"):
+        P.patch_scatter_figure(rng.normal(size=(19, 2)), labels, np.arange(5) < 2)
+    assert isinstance(P.region_heatmap_figure({"a": np.eye(2), "b": -np.eye(2)}), Figure)
+    summary = pd.DataFrame({"level": ["image", "patch, lift"] * 2, "case": "B", "prevalence": [0.05, 0.05, 0.1, 0.1],
+                            "detection_rate": [0.0, 1.0, 1.0, 1.0]})
+    assert isinstance(P.detection_bars_figure(summary, "B"), Figure)
