@@ -645,10 +645,12 @@ def flip_mass_concentration(pixels: pd.DataFrame, metrics: pd.DataFrame, q: floa
 def compare_performances(X: np.ndarray, metrics: pd.DataFrame, attribute: Any,
                          performances: Sequence[str] = ("dice_fg", "dice_classes", "no_flip"),
                          seeds: Sequence[int] = (0,), n_slices: int = 10, gamma: float = 10.0,
-                         cache_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, dict]:
+                         cache_dir: str | os.PathLike | None = None, reduce: str | None = "umap"
+                         ) -> tuple[pd.DataFrame, dict]:
     """SEG4SEG with each performance column in turn (same embedding, same UMAP per seed): does it find ``attribute``?
 
     ``metrics`` rows follow ``X``'s rows. ``no_flip`` = 1 - flip rate (higher is better, like Dice).
+    ``reduce``: "umap" (8-d, the paper's setting; cached under ``cache_dir/reduced``), "pca" or None.
     Returns one row per (performance, seed) with the protocol's verdict plus the winning/worst slice, and
     the fitted slicers keyed by (performance, seed).
     """
@@ -661,7 +663,8 @@ def compare_performances(X: np.ndarray, metrics: pd.DataFrame, attribute: Any,
         raise ValueError(f"X has {len(X)} rows, metrics {len(metrics)}, attribute {len(attr)}; one per image in all")
     rows, fitted = [], {}
     for seed in seeds:
-        Z = _reduced(np.asarray(X), "umap", 8, int(seed), None if cache_dir is None else Path(cache_dir) / "reduced")
+        Z = _reduced(np.asarray(X, dtype=np.float64), reduce, 8, int(seed),
+                     None if cache_dir is None else Path(cache_dir) / "reduced")
         for perf in performances:
             y = metrics[perf].to_numpy(dtype=np.float64)
             sf = SliceFinder(n_slices=n_slices, gamma=gamma, reduce=None, random_state=int(seed)).fit(Z, y)
@@ -730,7 +733,7 @@ def decomposition_bars(groups: pd.DataFrame, label: str = "group", title: str | 
     ax.set_xticks(x, [f"{v}\n(n={k})" for v, k in zip(groups[label], groups["n_images"])], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of GT foreground pixels")
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         ax.set_title(title, fontsize=9)
     return fig

@@ -143,6 +143,25 @@ def test_group_decomposition_pools_pixels():
         lf.group_decomposition(m, ["a"])
 
 
+def test_flip_rate_as_performance_finds_a_planted_flip_subgroup():
+    """A subgroup invisible to foreground Dice (right regions) but flipped: only no_flip finds it."""
+    rng = np.random.default_rng(0)
+    n = 200
+    X = np.vstack([rng.normal(0, 1, (100, 4)), rng.normal(4, 1, (100, 4))])   # two appearance clusters
+    shifted = np.zeros(n, bool)
+    shifted[rng.choice(n, 30, replace=False)] = True                          # spread over both clusters
+    m = pd.DataFrame({"dice_fg": rng.uniform(0.9, 0.98, n),
+                      "no_flip": np.where(shifted, rng.uniform(0.0, 0.3, n), rng.uniform(0.95, 1.0, n))})
+    table, fitted = lf.compare_performances(X, m, shifted, ("dice_fg", "no_flip"), seeds=(0, 1), n_slices=4,
+                                            reduce=None)
+    rates = table.groupby("performance")["success"].mean()
+    assert rates["no_flip"] == 1.0 and rates["dice_fg"] == 0.0
+    sf, report = fitted[("no_flip", 0)]
+    assert report.table["purity"].max() > 0.9
+    with pytest.raises(ValueError, match="one per image"):
+        lf.compare_performances(X[:10], m, shifted, reduce=None)
+
+
 # ----------------------------------------------------------------------------------------------- phantom
 def test_twin_cells_deterministic_and_classes_differ_only_inside_cells():
     a = lf.twin_cells(64, 3, cls=1, tone="dark")
@@ -211,6 +230,10 @@ def test_multiclass_training_smoke(tiny_run):
     assert np.array_equal(pred, proba.argmax(axis=0))
     pix = lf.pixel_flips(run, ds)
     assert pix["flipped"].sum() == m["flipped"].sum()
+    fig = lf.risk_maps(ds, run, list(m["id"][:2]))
+    assert len(fig.axes) == 9                                                    # 2 rows x 4 panels + colour bar
+    groups = lf.group_decomposition(m, m["shifted"].map({True: "shifted", False: "aligned"}))
+    assert len(lf.decomposition_bars(groups).axes) == 1
     model = lf.load_multiclass_model(run)
     assert model.segmentation_head[0].out_channels == 3
     stamp = (run.root / "done.json").stat().st_mtime_ns
