@@ -1,0 +1,265 @@
+"""Label-flip decomposition, flip-risk, top-decile share, the correlation-shift phantom, multi-class training
+and the binary run hashes that must not move."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from seg4seg_utils import labelflip as lf
+from seg4seg_utils.data import DatasetError, SampleTable, read_mask
+
+
+# ----------------------------------------------------------------------------------------- decomposition
+def test_decomposition_on_a_hand_built_mask():
+    truth = np.array([[0, 1, 1, 2],
+                      [0, 1, 1, 2],
+                      [0, 0, 2, 2],
+                      [0, 0, 0, 0]])
+    pred = np.array([[1, 1, 2, 2],    # (0,0) spurious, (0,1) correct, (0,2) flipped 1->2, (0,3) correct
+                     [0, 0, 1, 1],    # (1,1) missed, (1,2) correct, (1,3) flipped 2->1
+                     [0, 0, 0, 2],    # (2,2) missed, (2,3) correct
+                     [0, 2, 0, 0]])   # (3,1) spurious
+    c = lf.decompose(truth, pred)
+    assert {k: int(v[0]) for k, v in c.items()} == {"gt_foreground": 8, "correct": 4, "flipped": 2, "missed": 2,
+                                                   "spurious": 2}
+    rates = lf.decomposition_rates(c).iloc[0]
+    assert rates["flip_rate"] == 0.25 and rates["miss_rate"] == 0.25 and rates["correct_rate"] == 0.5
+
+
+def test_decomposition_sums_to_the_foreground_on_random_batches():
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, (5, 16, 16)), rng.integers(0, 4, (5, 16, 16))
+    c = lf.decompose(truth, pred)
+    assert np.array_equal(c["correct"] + c["flipped"] + c["missed"], (truth > 0).reshape(5, -1).sum(1))
+    assert np.array_equal(c["spurious"], ((truth == 0) & (pred > 0)).reshape(5, -1).sum(1))
+    # relabelling predictions among foreground classes changes correct/flipped, never missed or the total
+    swapped = np.where(pred == 1, 2, np.where(pred == 2, 1, pred))
+    c2 = lf.decompose(truth, swapped)
+    assert np.array_equal(c2["missed"], c["missed"]) and not np.array_equal(c2["flipped"], c["flipped"])
+
+
+def test_empty_ground_truth_is_finite_and_perfect():
+    c = lf.decompose(np.zeros((4, 4), int), np.zeros((4, 4), int))
+    rates = lf.decomposition_rates(c).iloc[0]
+    assert (rates["correct_rate"], rates["flip_rate"], rates["miss_rate"]) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("truth,pred,err,match", [
+    (np.zeros((4, 4), int), np.zeros((4, 5), int), ValueError, "must match"),
+    (np.zeros((4, 4), bool), np.zeros((4, 4), int), TypeError, "integer class labels"),
+    (np.zeros((4, 4)), np.zeros((4, 4), int), TypeError, "argmax"),
+    (-np.ones((4, 4), int), np.zeros((4, 4), int), ValueError, "negative"),
+    (np.zeros(4, int), np.zeros(4, int), ValueError, r"\(H, W\)"),
+])
+def test_decomposition_bad_inputs(truth, pred, err, match):
+    with pytest.raises(err, match=match):
+        lf.decompose(truth, pred)
+
+
+# --------------------------------------------------------------------------------------------- flip-risk
+def test_flip_risk_hand_computed():
+    p = np.zeros((3, 1, 4))
+    p[:, 0, 0] = [0.0, 1.0, 0.0]      # one-hot foreground class: 0
+    p[:, 0, 1] = [0.2, 0.4, 0.4]      # uniform between the two foreground classes: 1 (background ignored)
+    p[:, 0, 2] = [0.5, 0.4, 0.1]      # q = (0.8, 0.2): H = -(0.8 ln 0.8 + 0.2 ln 0.2) / ln 2
+    p[:, 0, 3] = [0.9, 0.05, 0.05]    # confident background, still an even split of the foreground: 1
+    risk = lf.flip_risk(p, axis=0)[0]
+    expected = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(2)
+    np.testing.assert_allclose(risk, [0.0, 1.0, expected, 1.0], atol=1e-12)
+
+
+def test_flip_risk_three_foreground_classes_and_batch_axis():
+    p = np.zeros((2, 4, 1, 1))
+    p[0, :, 0, 0] = [0.1, 0.3, 0.3, 0.3]  # uniform over K=3: normalised by log 3 -> 1
+    p[1, :, 0, 0] = [0.4, 0.3, 0.3, 0.0]  # uniform over two of three: log 2 / log 3
+    np.testing.assert_allclose(lf.flip_risk(p, axis=1)[:, 0, 0], [1.0, math.log(2) / math.log(3)], atol=1e-12)
+
+
+@pytest.mark.parametrize("proba,match", [
+    (np.full((2, 3, 3), 0.5), "at least 2 foreground"),
+    (np.full((3, 2, 2), 0.5), "sum to 1"),
+    (np.stack([np.full((2, 2), -0.5), np.full((2, 2), 1.0), np.full((2, 2), 0.5)]), r"\[0, 1\]"),
+    (np.full((3, 2, 2), np.nan), "NaN"),
+])
+def test_flip_risk_bad_inputs(proba, match):
+    with pytest.raises(ValueError, match=match):
+        lf.flip_risk(proba)
+
+
+def test_image_summary_on_a_flipped_image():
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:2, :2] = 1
+    proba = np.zeros((3, 4, 4))
+    proba[0] = 1.0
+    proba[:, :2, :2] = np.array([0.1, 0.3, 0.6])[:, None, None]   # right region, wrong class (2)
+    s = lf.image_summary(truth, proba)
+    assert (s["flipped"], s["correct"], s["missed"], s["spurious"]) == (4, 0, 0, 0)
+    assert s["flip_rate"] == 1.0 and s["no_flip"] == 0.0
+    assert s["dice_fg"] == 1.0 and s["dice_classes"] == 0.0    # foreground Dice is blind to the flip
+    q = np.array([1 / 3, 2 / 3])
+    assert s["flip_risk"] == pytest.approx(-(q * np.log(q)).sum() / math.log(2))
+    with pytest.raises(ValueError, match="only 3 classes"):
+        lf.image_summary(np.full((4, 4), 3, np.uint8), proba)
+
+
+# --------------------------------------------------------------------------------------- top-decile share
+def test_top_share_constructed_case():
+    # 20 pixels; the 2 riskiest (top 10 %) hold 2 of the 4 flips
+    score = np.arange(20, dtype=float)[::-1]          # pixel 0 is the riskiest
+    flipped = np.zeros(20)
+    flipped[[0, 1, 10, 15]] = 1
+    assert lf.top_share(score, flipped, 0.1) == pytest.approx(0.5)
+    assert lf.top_share(score, flipped, 0.25) == pytest.approx(0.5)      # top 5 = pixels 0..4
+    assert lf.top_share(-score, flipped, 0.1) == pytest.approx(0.0)      # the wrong ranking
+    assert lf.top_share(score, flipped, 1.0) == pytest.approx(1.0)
+
+
+def test_top_share_splits_ties_fractionally_and_is_order_free():
+    score = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    mass = np.array([3.0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    # top 20 % = 2 units out of a 4-way tie: half of the tie's mass 4 -> 2 of total 4
+    assert lf.top_share(score, mass, 0.2) == pytest.approx(0.5)
+    perm = np.random.default_rng(1).permutation(10)
+    assert lf.top_share(score[perm], mass[perm], 0.2) == pytest.approx(0.5)
+    assert math.isnan(lf.top_share(score, np.zeros(10), 0.1))
+    with pytest.raises(ValueError, match="q must lie"):
+        lf.top_share(score, mass, 0.0)
+    with pytest.raises(ValueError, match="one of each"):
+        lf.top_share(score, mass[:5])
+    with pytest.raises(ValueError, match="non-negative"):
+        lf.top_share(score, -mass)
+
+
+def test_group_decomposition_pools_pixels():
+    m = pd.DataFrame({"gt_foreground": [10, 30], "correct": [10, 0], "flipped": [0, 30], "missed": [0, 0],
+                      "flip_rate": [0.0, 1.0], "flip_risk": [0.1, 0.9], "dice_fg": [1.0, 1.0],
+                      "dice_classes": [1.0, 0.0]})
+    g = lf.group_decomposition(m, ["a", "a"])
+    assert g["flipped"].iat[0] == pytest.approx(0.75) and g["mean_flip_rate"].iat[0] == pytest.approx(0.5)
+    assert g[["correct", "flipped", "missed"]].sum(axis=1).iat[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one label per image"):
+        lf.group_decomposition(m, ["a"])
+
+
+def test_flip_rate_as_performance_finds_a_planted_flip_subgroup():
+    """A subgroup invisible to foreground Dice (right regions) but flipped: only no_flip finds it."""
+    rng = np.random.default_rng(0)
+    n = 200
+    X = np.vstack([rng.normal(0, 1, (100, 4)), rng.normal(4, 1, (100, 4))])   # two appearance clusters
+    shifted = np.zeros(n, bool)
+    shifted[rng.choice(n, 30, replace=False)] = True                          # spread over both clusters
+    m = pd.DataFrame({"dice_fg": rng.uniform(0.9, 0.98, n),
+                      "no_flip": np.where(shifted, rng.uniform(0.0, 0.3, n), rng.uniform(0.95, 1.0, n))})
+    table, fitted = lf.compare_performances(X, m, shifted, ("dice_fg", "no_flip"), seeds=(0, 1), n_slices=4,
+                                            reduce=None)
+    rates = table.groupby("performance")["success"].mean()
+    assert rates["no_flip"] == 1.0 and rates["dice_fg"] == 0.0
+    sf, report = fitted[("no_flip", 0)]
+    assert report.table["purity"].max() > 0.9
+    with pytest.raises(ValueError, match="one per image"):
+        lf.compare_performances(X[:10], m, shifted, reduce=None)
+
+
+# ----------------------------------------------------------------------------------------------- phantom
+def test_twin_cells_deterministic_and_classes_differ_only_inside_cells():
+    a = lf.twin_cells(64, 3, cls=1, tone="dark")
+    b = lf.twin_cells(64, 3, cls=1, tone="dark")
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    img1, lab1 = a
+    img2, lab2 = lf.twin_cells(64, 3, cls=2, tone="dark")
+    assert set(np.unique(lab1)) == {0, 1} and set(np.unique(lab2)) == {0, 2}
+    assert np.array_equal(lab1 > 0, lab2 > 0)          # same seed: same cells, only the class differs
+    diff = np.abs(img1.astype(int) - img2.astype(int)).max(axis=2) > 0
+    assert not diff[lab1 == 0].any() and diff[lab1 > 0].any()   # the cue lives inside the cells only
+    light, _ = lf.twin_cells(64, 3, cls=1, tone="light")
+    assert light[lab1 == 0].mean() > img1[lab1 == 0].mean() + 60   # the context cue: background tone
+    with pytest.raises(ValueError, match="cls"):
+        lf.twin_cells(64, 0, cls=3, tone="dark")
+    with pytest.raises(ValueError, match="tone"):
+        lf.twin_cells(64, 0, cls=1, tone="grey")
+
+
+def test_dataset_correlation_as_specified(tmp_path):
+    ds = lf.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
+                                       progress=False)
+    df = ds.df
+    assert ds.mask_kind == "multiclass" and ds.meta["n_classes"] == 3
+    aligned_tone = np.where(df["cls"] == 1, "dark", "light")
+    assert np.array_equal(df["aligned"].to_numpy(), df["tone"].to_numpy() == aligned_tone)
+    assert np.array_equal(df["shifted"].to_numpy(), ~df["aligned"].to_numpy())
+    assert np.array_equal(df["failure"].to_numpy(), df["shifted"].to_numpy())
+    counts = df.groupby("split")["shifted"].agg(["sum", "size"])
+    assert counts.loc["train", "size"] == 64 and counts.loc["train", "sum"] == round(0.1 * 64)   # 6
+    assert counts.loc["val", "sum"] == 2 and counts.loc["test", "sum"] == 5                      # 16*0.1, 20*0.25
+    assert set(df["cls"]) == {1, 2}
+    m = ds.mask(0)
+    assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, int(df["cls"].iat[0])}
+    again = lf.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
+                                          progress=False)
+    assert again.df.equals(df)
+    with pytest.raises(ValueError, match="test_shift"):
+        lf.generate_labelflip_dataset(tmp_path / "u", n=100, size=32, test_shift=1.5)
+
+
+# --------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from seg4seg_utils.train import train_preset
+
+    root = tmp_path_factory.mktemp("lf")
+    ds = lf.generate_labelflip_dataset(root / "twins", n=40, size=32, progress=False)
+    cfg = train_preset("smoke", epochs=1, max_train_samples=16)
+    return ds, lf.train_multiclass(ds, cfg, root / "runs", progress=False), cfg, root
+
+
+def test_multiclass_training_smoke(tiny_run):
+    ds, run, cfg, root = tiny_run
+    assert run.done and "-mc3-" in run.root.name
+    m = run.metrics()
+    test = ds.split("test")
+    assert len(m) == len(test)
+    assert np.array_equal(m["correct"] + m["flipped"] + m["missed"], m["gt_foreground"])
+    assert m[["flip_rate", "flip_risk", "dice_fg", "dice_classes", "no_flip"]].apply(np.isfinite).all().all()
+    sid = str(test.df["id"].iat[0])
+    proba = lf.load_probabilities(run, sid)
+    assert proba.shape == (3, 32, 32)
+    np.testing.assert_allclose(proba.sum(axis=0), 1.0, atol=2e-3)      # float16 storage
+    pred = read_mask(run.root / m.set_index("id").at[sid, "prediction"], "multiclass")
+    assert np.array_equal(pred, proba.argmax(axis=0))
+    pix = lf.pixel_flips(run, ds)
+    assert pix["flipped"].sum() == m["flipped"].sum()
+    fig = lf.risk_maps(ds, run, list(m["id"][:2]))
+    assert len(fig.axes) == 9                                                    # 2 rows x 4 panels + colour bar
+    groups = lf.group_decomposition(m, m["shifted"].map({True: "shifted", False: "aligned"}))
+    assert len(lf.decomposition_bars(groups).axes) == 1
+    model = lf.load_multiclass_model(run)
+    assert model.segmentation_head[0].out_channels == 3
+    stamp = (run.root / "done.json").stat().st_mtime_ns
+    assert lf.train_multiclass(ds, cfg, root / "runs", progress=False).root == run.root      # reused, not retrained
+    assert (run.root / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_multiclass_training_refuses_binary_data(tmp_path, tiny_run):
+    from seg4seg_utils.train import train_preset
+
+    ds = tiny_run[0]
+    binary = SampleTable(ds.root, ds.df, {**ds.meta, "mask_kind": "binary"})
+    with pytest.raises(DatasetError, match="multiclass"):
+        lf.train_multiclass(binary, train_preset("smoke"), tmp_path)
+    with pytest.raises(ValueError, match="n_classes must be >= 3"):
+        lf.train_multiclass(ds, train_preset("smoke"), tmp_path, n_classes=2)
+
+
+def test_binary_run_hashes_are_pinned():
+    """Binary runs keep their folders: the main job's models must still be found (the label-flip work adds
+    nothing to TrainConfig). Pinned from the unmodified code, including the main job's case B 5 % model."""
+    from seg4seg_utils.train import _run_root, train_preset
+
+    table = SampleTable(Path("/nowhere/pinned"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
+    assert _run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-d6b7077101"
+    assert _run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-832f2e7842"
+    assert _run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-8f6f2985c3"
+    case_b = SampleTable(Path("/x/B-p05-seed0"), pd.DataFrame(), {"config_hash": "d8784cd925910ba1"})
+    assert _run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-af3a5d0590"
