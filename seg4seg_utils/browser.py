@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 
 from .data import SampleTable, read_mask
 from .metrics import METRICS
-from .plots import MASK_COLOR, show_sample
+from .plots import show_sample
 
 if TYPE_CHECKING:
     from .protocol import SliceReport

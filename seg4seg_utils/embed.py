@@ -492,6 +492,16 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def save_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], X: np.ndarray, embedder_name: str,
+               seconds: float) -> None:
+    """Write an embedding array and its JSON sidecar (key, ids, checksum) atomically, for :func:`_load_cache`."""
+    meta = {"key": key, "ids": ids, "embedder_name": embedder_name, "shape": list(X.shape), "dtype": "float32",
+            "sha256": hashlib.sha256(X.tobytes()).hexdigest(), "seconds": seconds,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    _atomic_write(npy, lambda fh: np.save(fh, X, allow_pickle=False))
+    _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
+
+
 def _load_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], dim: int) -> tuple[np.ndarray | None, str]:
     """The cached array when it matches (key, ids, shape, checksum), else None and the reason."""
     if not (npy.is_file() and sidecar.is_file()):
@@ -571,11 +581,7 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
         raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(ids)}, {embedder.dim})")
 
     if npy is not None:
-        meta = {"key": key, "ids": ids, "embedder_name": embedder.name, "shape": list(X.shape), "dtype": "float32",
-                "sha256": hashlib.sha256(X.tobytes()).hexdigest(), "seconds": seconds,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _atomic_write(npy, lambda fh: np.save(fh, X, allow_pickle=False))
-        _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
+        save_cache(npy, sidecar, key, ids, X, embedder.name, seconds)
     return Embeddings(ids, X, key, embedder.name, npy, False, seconds)
 
 

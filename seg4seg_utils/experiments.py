@@ -185,19 +185,25 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
             reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
             rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
                                             embedder.name, reduced) for it in todo)
-            if results_path.is_file() and results_path.stat().st_size:
-                with results_path.open("rb") as fh:
-                    fh.seek(-1, os.SEEK_END)
-                    cut_short = fh.read(1) != b"\n"
-                if cut_short:  # an interrupted write left half a line: end it so new rows start cleanly
-                    with results_path.open("a") as fh:
-                        fh.write("\n")
-            with results_path.open("a") as fh:
+            with open_rows_for_append(results_path) as fh:
                 for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
                     fh.write(json.dumps(row) + "\n")
                     fh.flush()
     wanted = {it.key for it in items}
     return pd.DataFrame([r for r in _read_rows(results_path) if r["key"] in wanted])
+
+
+def open_rows_for_append(path: Path):
+    """``path`` (JSON lines) opened for appending rows; a last line cut short by an interruption is ended first
+    (it is skipped when read back, and that item reruns), so new rows always start on a line of their own."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            cut_short = fh.read(1) != b"\n"
+        if cut_short:
+            with path.open("a") as fh:
+                fh.write("\n")
+    return path.open("a")
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

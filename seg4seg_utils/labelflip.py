@@ -49,9 +49,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from .data import DatasetError, SampleTable, assign_splits, build_dataset, config_hash, read_mask, write_png
+from .data import DatasetError, SampleTable, assign_splits, build_dataset, config_hash, write_png
 from .seeding import rng_for
 
 __all__ = [

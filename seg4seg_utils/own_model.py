@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .data import DatasetError, SampleTable, build_dataset, read_mask

@@ -43,7 +43,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -161,12 +160,10 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
     """Embed every patch of one split -> (image ids, float32 (n_images, grid*grid, dim), key, cache file,
     from_cache, seconds). The cache is keyed like ``embed_dataset`` (embedder, weights, dataset hash, split)
     plus the grid, and a cached file is reused only when its key, patch ids, shape and checksum all match."""
-    import hashlib
-
     from tqdm.auto import tqdm
 
     from .data import config_hash
-    from .embed import _atomic_write, _load_cache, _slug
+    from .embed import _load_cache, _slug, save_cache
 
     sub = table.split(split)
     ids = sub.df["id"].astype(str).tolist()
@@ -205,11 +202,7 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
     if X.shape != (len(pids), embedder.dim):
         raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(pids)}, {embedder.dim})")
     if npy is not None:
-        meta = {"key": key, "ids": pids, "embedder_name": embedder.name, "shape": list(X.shape), "dtype": "float32",
-                "sha256": hashlib.sha256(X.tobytes()).hexdigest(), "seconds": seconds,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _atomic_write(npy, lambda fh: np.save(fh, X, allow_pickle=False))
-        _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
+        save_cache(npy, sidecar, key, pids, X, embedder.name, seconds)
     return ids, X.reshape(len(ids), grid * grid, -1), key, npy, False, seconds
 
 
@@ -465,7 +458,7 @@ def patch_benchmark(runs: Sequence[tuple], embedder: "Embedder", results_path: s
     """
     from tqdm.auto import tqdm
 
-    from .experiments import _read_rows
+    from .experiments import _read_rows, open_rows_for_append
 
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,14 +474,7 @@ def patch_benchmark(runs: Sequence[tuple], embedder: "Embedder", results_path: s
     done = {r["key"] for r in _read_rows(results_path)}
     todo = [it for it in items if it.key not in done]
     loaded: dict[tuple[str, str], PatchData] = {}
-    if results_path.is_file() and results_path.stat().st_size:
-        with results_path.open("rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            cut_short = fh.read(1) != b"\n"
-        if cut_short:  # an interrupted write left half a line: end it so new rows start cleanly
-            with results_path.open("a") as fh:
-                fh.write("\n")
-    with results_path.open("a") as fh:
+    with open_rows_for_append(results_path) as fh:
         for it in tqdm(todo, desc="patch slicer fits", disable=not progress):
             k = (it.dataset_root, it.run_root)
             if k not in loaded:

@@ -58,3 +58,28 @@ def tiny_clip_file(tmp_path_factory):
     path = folder / "tiny_random_weights.pt"
     torch.save(model.state_dict(), path)
     return path, model.state_dict()
+
+
+def counting_embedder():
+    """A cheap deterministic embedder (per-channel means and stds) that counts its calls and the images it saw."""
+    import numpy as np
+
+    from seg4seg_utils import embed as E
+
+    class CountingEmbedder(E.Embedder):
+        name = key_name = "counting-test-embedder"
+        weights_id = "none"
+        dim = 6
+
+        def __init__(self):
+            super().__init__("cpu", 32)
+            self.calls = 0
+            self.seen = 0
+
+        def embed(self, images, batch_size=None):
+            self.calls += 1
+            self.seen += len(images)
+            rgb = [E._as_rgb_uint8(im).astype(np.float32) for im in images]
+            return np.array([np.r_[im.mean((0, 1)), im.std((0, 1))] for im in rgb], dtype=np.float32)
+
+    return CountingEmbedder

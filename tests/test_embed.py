@@ -17,7 +17,7 @@ from seg4seg_utils import embed as E
 from seg4seg_utils.data import SampleTable
 from seg4seg_utils.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
 
-from conftest import TINY_CLIP
+from conftest import TINY_CLIP, counting_embedder
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -41,21 +41,7 @@ def smoke_run(table, tmp_path_factory):
                  progress=False)
 
 
-class CountingEmbedder(E.Embedder):
-    """A cheap deterministic embedder (per-channel means and stds) that counts its calls."""
-
-    name = key_name = "counting-test-embedder"
-    weights_id = "none"
-    dim = 6
-
-    def __init__(self):
-        super().__init__("cpu", 32)
-        self.calls = 0
-
-    def embed(self, images, batch_size=None):
-        self.calls += 1
-        rgb = [E._as_rgb_uint8(im).astype(np.float32) for im in images]
-        return np.array([np.r_[im.mean((0, 1)), im.std((0, 1))] for im in rgb], dtype=np.float32)
+CountingEmbedder = counting_embedder()
 
 
 def _cos(a, b):

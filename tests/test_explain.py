@@ -7,7 +7,6 @@ nothing and are never called CLIP results.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np

@@ -2,7 +2,6 @@
 cell first, a check cell, no committed outputs. (nbval runs them, on the smoke preset, in `make test`.)"""
 import ast
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import embed as E
 from seg4seg_utils import patches as P
 from seg4seg_utils.data import write_png
 from seg4seg_utils.phantoms import generate_phantom_dataset
 from seg4seg_utils.protocol import evaluate_slices
+
+from conftest import counting_embedder
 
 
 # ------------------------------------------------------------------------------------------ patching
@@ -178,23 +179,7 @@ def test_position_feature_separates_identical_patches_by_place():
 
 
 # ----------------------------------------------------------------------------------- cache and data
-class CountingEmbedder(E.Embedder):
-    """Deterministic and cheap: per-channel means and stds; counts its calls and the images it saw."""
-
-    name = key_name = "counting-test-embedder"
-    weights_id = "none"
-    dim = 6
-
-    def __init__(self):
-        super().__init__("cpu", 32)
-        self.calls = 0
-        self.seen = 0
-
-    def embed(self, images, batch_size=None):
-        self.calls += 1
-        self.seen += len(images)
-        rgb = [E._as_rgb_uint8(im).astype(np.float32) for im in images]
-        return np.array([np.r_[im.mean((0, 1)), im.std((0, 1))] for im in rgb], dtype=np.float32)
+CountingEmbedder = counting_embedder()
 
 
 @pytest.fixture(scope="module")
