@@ -106,14 +106,21 @@ def test_sweep_on_a_local_two_worker_dask_cluster_matches_loky(trained, tmp_path
     assert set(table["case"]) == {"A", "D"}
 
 
-def test_command_line_exports_the_backend_for_notebook_kernels(tmp_path, monkeypatch, capsys):
+def test_command_line_exports_the_backend_for_notebook_kernels(tmp_path, capsys):
     from seg4seg_utils.cli import main
 
-    monkeypatch.delenv(scaleout.BACKEND_ENV, raising=False)
-    monkeypatch.delenv(scaleout.SCHEDULER_ENV, raising=False)
-    assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
-                 "--scheduler", "local:2"]) == 2
-    assert "--scheduler needs --backend" in capsys.readouterr().err
-    assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
-                 "--backend", "dask", "--scheduler", "tcp://10.0.0.5:8786"]) == 0
-    assert os.environ[scaleout.BACKEND_ENV] == "dask" and os.environ[scaleout.SCHEDULER_ENV] == "tcp://10.0.0.5:8786"
+    saved = {k: os.environ.pop(k, None) for k in (scaleout.BACKEND_ENV, scaleout.SCHEDULER_ENV)}
+    try:
+        assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
+                     "--scheduler", "local:2"]) == 2
+        assert "--scheduler needs --backend" in capsys.readouterr().err
+        # an address that is only written to the environment, never connected to
+        assert main(["notebooks", "--preset", "smoke", "--prepare-only", "--only", "00", "--out", str(tmp_path),
+                     "--backend", "dask", "--scheduler", "tcp://127.0.0.1:8786"]) == 0
+        assert os.environ[scaleout.BACKEND_ENV] == "dask"
+        assert os.environ[scaleout.SCHEDULER_ENV] == "tcp://127.0.0.1:8786"
+    finally:  # main() sets real environment variables: remove them, or later tests would all use Dask
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
