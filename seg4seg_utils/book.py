@@ -53,10 +53,27 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
         target = out / nb.name
         pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
                             progress_bar=False, kernel_name="python3", log_output=False)
+        _fold_injected_parameters(target)
         if progress and not prepare_only:
             print(f"[seg4seg] {nb.name} ({preset}) ran in {time.perf_counter() - t0:.0f} s -> {target}")
         written.append(target)
     return written
+
+
+def _fold_injected_parameters(path: Path) -> None:
+    """Fold papermill's injected parameters cell in the book (``hide-input``: a "show" toggle), so a reader
+    sees the notebook's own parameters cell once, with the preset's values one click away."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
+            changed = True
+    if changed:
+        nbformat.write(nb, path)
 
 
 def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:

@@ -58,6 +58,8 @@ def test_papermill_injects_parameters_and_never_touches_sources(tmp_path):
     assert [p.name for p in written] == ["00_overview.ipynb"]
     src = "".join("".join(c["source"]) for c in code_cells(written[0]))
     assert 'PRESET = "smoke"' in src and "SEED = 7" in src
+    injected = [c for c in code_cells(written[0]) if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert len(injected) == 1 and "hide-input" in injected[0]["metadata"]["tags"], "folded in the book"
     assert {p: p.read_bytes() for p in NOTEBOOKS} == before
     with pytest.raises(ValueError, match="never overwrite sources"):
         run_notebooks("smoke", NOTEBOOK_DIR, prepare_only=True)
