@@ -480,7 +480,7 @@ def train_multiclass(table: SampleTable, cfg, runs_dir: str | os.PathLike = "run
     """
     import torch
 
-    from .train import Run, _normalise, _save_checkpoint, select_device
+    from .train import Run, _normalise, _save_checkpoint, select_device, train_val_tables
 
     if table.mask_kind != "multiclass":
         raise DatasetError(f"{table.root}: masks are {table.mask_kind!r}, not 'multiclass'; train binary masks with "
@@ -491,10 +491,7 @@ def train_multiclass(table: SampleTable, cfg, runs_dir: str | os.PathLike = "run
     run = Run(root, cfg, dataset)
     if run.done:
         return run
-    train_t, val_t = table.split("train"), table.split("val")
-    if cfg.max_train_samples and len(train_t) > cfg.max_train_samples:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_t), cfg.max_train_samples, replace=False))
-        train_t = SampleTable(train_t.root, train_t.df.iloc[keep].reset_index(drop=True), train_t.meta)
+    train_t, val_t = train_val_tables(table, cfg)
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":

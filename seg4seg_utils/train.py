@@ -276,6 +276,15 @@ def _evaluate(model, x_all, y_all, cfg: TrainConfig, device, amp: bool) -> tuple
     return float(torch.cat(losses).mean()), float(per_image.mean()), per_image
 
 
+def train_val_tables(table: SampleTable, cfg: TrainConfig) -> tuple[SampleTable, SampleTable]:
+    """The train and val splits, the train split subsampled (seeded) to ``cfg.max_train_samples`` if set."""
+    train_t, val_t = table.split("train"), table.split("val")
+    if cfg.max_train_samples and len(train_t) > cfg.max_train_samples:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_t), cfg.max_train_samples, replace=False))
+        train_t = SampleTable(train_t.root, train_t.df.iloc[keep].reset_index(drop=True), train_t.meta)
+    return train_t, val_t
+
+
 def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", name: str | None = None,
           progress: bool = True, stop_after_epoch: int | None = None) -> Run:
     """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on val Dice, predict the test split.
@@ -290,10 +299,7 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
     run = Run(root, cfg, dataset)
     if run.done:
         return run
-    train_t, val_t = table.split("train"), table.split("val")
-    if cfg.max_train_samples and len(train_t) > cfg.max_train_samples:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_t), cfg.max_train_samples, replace=False))
-        train_t = SampleTable(train_t.root, train_t.df.iloc[keep].reset_index(drop=True), train_t.meta)
+    train_t, val_t = train_val_tables(table, cfg)
     device = select_device(cfg.device)
     amp = device.type == "cuda"
     torch.manual_seed(cfg.seed)
