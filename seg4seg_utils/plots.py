@@ -244,8 +244,8 @@ def worker_timeline(rows: dict[str, "pd.DataFrame"], panel: float = 2.2) -> Figu
     """
     fig = Figure(figsize=(7.0, 0.6 + panel * len(rows) * 0.6), layout="constrained")
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
-    t0 = min(float(r["started"].min()) for r in rows.values())
     for ax, (label, r) in zip(axes, rows.items()):
+        t0 = float(r["started"].min())  # each run on its own clock: panels compare shapes, not start times
         lanes = {w: i for i, w in enumerate(sorted(r["worker"].unique()))}
         for row in r.itertuples():
             start = row.started - t0
@@ -254,5 +254,5 @@ def worker_timeline(rows: dict[str, "pd.DataFrame"], panel: float = 2.2) -> Figu
                     edgecolor="none")
         ax.set_yticks(range(len(lanes)), [f"pid {w.rsplit(':', 1)[1]}" for w in lanes])
         ax.set_title(f"{label}: {len(r)} fits on {len(lanes)} worker(s)", fontsize=9)
-    axes[-1].set_xlabel("seconds since the first fit started (light: reduction, dark: mixture fit)")
+    axes[-1].set_xlabel("seconds since the run's first fit started (light: reduction, dark: mixture fit)")
     return fig

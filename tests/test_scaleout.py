@@ -124,3 +124,18 @@ def test_command_line_exports_the_backend_for_notebook_kernels(tmp_path, capsys)
             os.environ.pop(key, None)
             if value is not None:
                 os.environ[key] = value
+
+
+def test_worker_timeline_puts_each_run_on_its_own_clock():
+    import pandas as pd
+
+    from seg4seg_utils.plots import worker_timeline
+
+    def rows(start):
+        return pd.DataFrame({"worker": ["h:1", "h:2", "h:1"], "started": [start, start + 0.5, start + 2.0],
+                             "seconds_reduce": [1.0, 1.0, 0.5], "seconds_fit": [0.5, 0.5, 0.5]})
+
+    fig = worker_timeline({"first": rows(100.0), "second": rows(130.0)})
+    for ax in fig.axes:
+        lefts = sorted(p.get_x() for p in ax.patches)
+        assert lefts[0] == 0.0 and len(ax.get_yticks()) == 2, "starts at 0, one lane per worker"
