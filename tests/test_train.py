@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from seg4seg_utils import train as T
 from seg4seg_utils.data import DatasetError, SampleTable
 from seg4seg_utils.inject import inject
 from seg4seg_utils.phantoms import generate_phantom_dataset
@@ -99,13 +100,23 @@ def test_same_seed_same_weights_and_cache_reuse(dataset, tmp_path):
     assert again.root == a.root and (a.root / "done.json").stat().st_mtime_ns == stamp
 
 
-def test_resume_matches_uninterrupted(dataset, tmp_path):
+def test_resume_matches_uninterrupted(dataset, tmp_path, monkeypatch):
     cfg = smoke(epochs=3)
     full = train(dataset, cfg, runs_dir=tmp_path / "full", progress=False)
     part = train(dataset, cfg, runs_dir=tmp_path / "part", progress=False, stop_after_epoch=1)
     assert not part.done and len(part.history()) == 1
+    first_epoch = part.history().iloc[0]
+    # training is deterministic, so a restart from scratch would also reach the same weights: count the
+    # optimisation steps the second call runs, to check it continues from last.pt instead of starting over
+    steps = []
+    real_augment = T.augment_batch
+    monkeypatch.setattr(T, "augment_batch", lambda *a, **kw: steps.append(1) or real_augment(*a, **kw))
     resumed = train(dataset, cfg, runs_dir=tmp_path / "part", progress=False)
     assert resumed.done
+    steps_per_epoch = 2  # 16 training samples in batches of 8
+    assert len(steps) == (cfg.epochs - 1) * steps_per_epoch, f"{len(steps)} steps: epoch 1 was trained again"
+    # the interrupted call's epoch-1 row (its wall time included) comes back from the checkpoint untouched
+    pd.testing.assert_series_equal(resumed.history().iloc[0], first_epoch)
     wf, wr = weights(full), weights(resumed)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     pd.testing.assert_frame_equal(full.history().drop(columns="seconds"), resumed.history().drop(columns="seconds"))
