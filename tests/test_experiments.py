@@ -80,3 +80,64 @@ def test_train_grid_subset_without_results_dir_writes_nothing(trained):
     sub = train_grid(grid[:1], "smoke", root / "runs", None, progress=False)  # cached run, looked up only
     assert len(sub) == 1 and sub["run"].iat[0] == gaps["run"].iat[0]
     assert (root / "results" / "training" / "gaps.csv").read_text() == before
+
+
+def planted_benchmark(root):
+    """Runs whose verdicts are known, on one tiny dataset of 100 flat-coloured test images in four colour groups.
+
+    Group 0 (10 images, 10 % of the set) has the worst Dice; groups 1-3 (30 each) have Dice 0.95, 0.90, 0.85.
+    Each fake run carries a different hidden ``failure`` attribute:
+
+    * ``planted``: the failure attribute is group 0: a pure, worst, large-enough slice -> detected;
+    * ``spread``: every other image of every group: no slice is purer than 0.5 -> not detected;
+    * ``pure_but_fine``: group 1, pure but the *best* slice, outside the bottom 40 % -> not detected.
+    """
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from seg4seg_utils.data import build_dataset
+    from seg4seg_utils.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    group = np.repeat([0, 1, 2, 3], [10, 30, 30, 30])
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]])
+    ids = [f"s{i:03d}" for i in range(len(group))]
+
+    def build(writer):
+        for sid, g in zip(ids, group):
+            image = np.clip(colours[g] + rng.normal(0, 6, (16, 16, 3)), 0, 255).astype(np.uint8)
+            writer.add(sid, "test", image, np.zeros((16, 16), bool), "planted")
+
+    table = build_dataset(root / "data", {"planted": 1}, build)
+    dice = np.array([0.3, 0.95, 0.90, 0.85])[group] + rng.normal(0, 0.01, len(group))
+    failures = {"planted": group == 0, "spread": np.arange(len(group)) % 2 == 0, "pure_but_fine": group == 1}
+    runs = {}
+    for name, failure in failures.items():
+        run_root = root / "runs" / name
+        run_root.mkdir(parents=True)
+        (run_root / "config.json").write_text(json.dumps({"train": asdict(TrainConfig())}))
+        pd.DataFrame({"id": ids, "dice": dice, "failure": failure}).to_csv(run_root / "metrics.csv", index=False)
+        runs[name] = load_run(run_root)
+    return table, runs
+
+
+def test_recorded_success_matches_planted_verdicts(tmp_path):
+    from conftest import counting_embedder
+
+    table, runs = planted_benchmark(tmp_path)
+    known = {"planted": True, "spread": False, "pure_but_fine": False}
+    settings = SlicerSettings(n_slices=4, reduce=None)
+    items = benchmark_items([("A", 0.1, k, table, runs[name]) for k, name in enumerate(known)],
+                            slicer_seeds=(0, 1), settings=settings)
+    rows = run_benchmark(items, counting_embedder()(), tmp_path / "items.jsonl", cache_dir=tmp_path / "cache",
+                         progress=False)
+    rows["run"] = [list(known)[s] for s in rows["data_seed"]]
+    verdicts = rows.groupby("run")["success"].agg(lambda s: sorted(set(s)))
+    assert verdicts.to_dict() == {name: [ok] for name, ok in known.items()}
+    by_run = rows.set_index(["run", "slicer_seed"]).sort_index()
+    assert by_run.loc["planted", "winning_size"].eq(10).all()    # the winner is exactly the planted group
+    assert by_run.loc["pure_but_fine", "purity_pass"].all()      # pure, but not among the worst slices
+    assert (by_run.loc["spread", "max_purity"] <= 0.6).all()
+    table = detection_table(rows, by=("data_seed",))
+    assert table["detection_rate"].tolist() == [1.0, 0.0, 0.0]
