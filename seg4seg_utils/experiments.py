@@ -219,9 +219,15 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def detection_table(results: pd.DataFrame, by: Sequence[str] = ("case", "prevalence")) -> pd.DataFrame:
-    """Detection rate (share of seeds meeting the success criterion) with perf-pass and purity-pass rates."""
+    """Detection rate (share of seeds meeting the success criterion) with perf-pass and purity-pass rates.
+
+    Beside the rate: its count ``k`` of ``n`` fits and 95 % Wilson interval ``ci_low``-``ci_high``
+    (:func:`seg4seg_utils.stats.with_detection_counts`), because a rate over a handful of seeds is coarse.
+    """
+    from .stats import with_detection_counts
+
     g = results.groupby(list(by))
     out = g.agg(detection_rate=("success", "mean"), perf_pass=("perf_pass", "mean"),
                 purity_pass=("purity_pass", "mean"), omega2=("omega2", "mean"), max_purity=("max_purity", "mean"),
                 n_seeds=("success", "size")).reset_index()
-    return out
+    return with_detection_counts(out)

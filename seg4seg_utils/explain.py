@@ -559,6 +559,8 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     the share of seeds whose top token names the attribute, the median rank of the attribute token, the share
     where some bottom slice's top token names it, and the mean CLIP score difference (NaN without CLIP).
     """
+    from .stats import with_detection_counts
+
     keys = [k for k in ("case", "prevalence", "variant") if k in rows.columns]
     if not len(rows):
         raise ValueError("no rows to summarise")
@@ -573,7 +575,7 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         names_attribute=("names_attribute", "mean"), attribute_rank=("attribute_rank", "median"),
         named_by_a_bottom_slice=("names_attribute_bottom", "mean"), clip_score_diff=("clip_score_diff", "mean"),
         n_seeds=("success", "size")).reset_index()
-    return out
+    return with_detection_counts(out)  # k/n and a 95 % Wilson interval beside the rate
 
 
 # ------------------------------------------------------------------------------------------------- plots

@@ -507,8 +507,11 @@ def detection_summary(patch_rows: pd.DataFrame, image_rows: pd.DataFrame | None 
     """Detection rate (share of slicer seeds meeting the criterion) per level, case and prevalence, side by side.
 
     ``image_rows`` are rows of :func:`seg4seg_utils.experiments.run_benchmark` (image-level SEG4SEG); they get
-    ``level = "image"``. Patch rows are named by :func:`level_names`.
+    ``level = "image"``. Patch rows are named by :func:`level_names`. Each rate carries its count ``k``/``n``
+    and 95 % Wilson interval (:func:`seg4seg_utils.stats.with_detection_counts`).
     """
+    from .stats import with_detection_counts
+
     p = patch_rows.copy()
     p["level"] = level_names(p)
     frames = [p]
@@ -517,9 +520,9 @@ def detection_summary(patch_rows: pd.DataFrame, image_rows: pd.DataFrame | None 
         i["level"] = "image"
         frames.append(i)
     rows = pd.concat(frames, ignore_index=True)
-    return (rows.groupby(["level", "case", "prevalence"])
-            .agg(detection_rate=("success", "mean"), purity_pass=("purity_pass", "mean"),
-                 max_purity=("max_purity", "mean"), n_seeds=("success", "size")).reset_index())
+    return with_detection_counts(rows.groupby(["level", "case", "prevalence"])
+                                 .agg(detection_rate=("success", "mean"), purity_pass=("purity_pass", "mean"),
+                                      max_purity=("max_purity", "mean"), n_seeds=("success", "size")).reset_index())
 
 
 # -------------------------------------------------------------------------------------------- figures
@@ -604,23 +607,36 @@ def region_heatmap_figure(maps: dict[str, np.ndarray], panel: float = 2.6, cmap:
 
 
 def detection_bars_figure(summary: pd.DataFrame, case: str = "B", panel: float = 4.0) -> "Figure":
-    """Detection rate per prevalence for one case, one bar per level (image-level SEG4SEG vs patch level)."""
+    """Detection rate per prevalence for one case, one bar per level (image-level SEG4SEG vs patch level).
+
+    With :func:`detection_summary`'s ``ci_low``/``ci_high`` columns each bar gets its 95 % Wilson interval
+    as an error bar, and its label the count k/n.
+    """
     from matplotlib.figure import Figure
 
     sub = summary[summary["case"] == case]
     pivot = sub.pivot_table(index="prevalence", columns="level", values="detection_rate")
+    counted = {"k", "n", "ci_low", "ci_high"} <= set(sub.columns)
+    if counted:
+        low, high, k, n = (sub.pivot_table(index="prevalence", columns="level", values=v).reindex_like(pivot)
+                           for v in ("ci_low", "ci_high", "k", "n"))
     fig = Figure(figsize=(panel + 2.6 + 0.3 * len(pivot.columns), 3.0), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(pivot.columns))
     x = np.arange(len(pivot))
     for j, level in enumerate(pivot.columns):
         vals = pivot[level].to_numpy()
-        ax.bar(x + (j - (len(pivot.columns) - 1) / 2) * width, vals, width, label=level)
-        for xi, v in zip(x, vals):
-            ax.text(xi + (j - (len(pivot.columns) - 1) / 2) * width, v + 0.02, f"{v:.1f}", ha="center", fontsize=7)
+        at = x + (j - (len(pivot.columns) - 1) / 2) * width
+        yerr = np.vstack([vals - low[level].to_numpy(), high[level].to_numpy() - vals]) if counted else None
+        ax.bar(at, vals, width, label=level, yerr=yerr, capsize=2, error_kw={"lw": 0.7, "ecolor": "0.3"})
+        for i, (xi, v) in enumerate(zip(at, vals)):
+            if np.isnan(v):  # this level was not run at this prevalence
+                continue
+            text = f"{v:.1f}" + (f"\n{int(k[level].iat[i])}/{int(n[level].iat[i])}" if counted else "")
+            ax.text(xi, (high[level].iat[i] if counted else v) + 0.02, text, ha="center", fontsize=6 if counted else 7)
     ax.axhline(0.8, color="grey", ls="--", lw=0.8)
     ax.set_xticks(x, [f"{p:.0%}" for p in pivot.index])
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.25 if counted else 1.12)
     ax.set_xlabel("prevalence")
     ax.set_ylabel("detection rate")
     ax.set_title(f"case {case}: share of slicer seeds meeting the criterion", fontsize=9)

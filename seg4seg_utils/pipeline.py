@@ -202,6 +202,7 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
     from .embed import default_embedder
     from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
     from .plots import detection_heatmap
+    from .stats import RATE_NOTE, detection_display
 
     p = get_preset(preset)
     out = Path(results_dir)
@@ -215,7 +216,8 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
     table.to_csv(out / "detection_rates.csv", index=False)
     (out / "detection_rates.md").write_text(
         f"# Detection rates (preset `{p.name}`, embedder: {embedder.name}, {len(p.slicer_seeds)} slicer seeds "
-        f"x {len(p.seeds)} model seeds)\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+        f"x {len(p.seeds)} model seeds)\n\n" + RATE_NOTE + "\n\n"
+        + detection_display(table).to_markdown(index=False, floatfmt=".2f") + "\n")
     default = table[(table["image_variant"] == image_variants[0]) & (table["performance"] == "+".join(performances[0]))]
     detection_heatmap(default).savefig(out / "detection_heatmap.png", dpi=110)
     return table
@@ -233,6 +235,7 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
     """
     from .embed import VARIANTS, default_embedder
     from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
+    from .stats import RATE_NOTE, detection_pivot
 
     p = get_preset(preset)
     out = Path(results_dir)
@@ -256,10 +259,11 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
     table.to_csv(out / "ablation.csv", index=False)
     summary = table.pivot_table(index="setting", columns="case", values="detection_rate", aggfunc="mean")
     summary["mean"] = summary.mean(axis=1)
+    shown = detection_pivot(table, "setting", "case", order=summary.sort_values("mean", ascending=False).index)
     (out / "ablation.md").write_text(
         f"# Ablation: detection rate per setting and case (mean over prevalences {list(p.prevalences)}; "
-        f"{len(p.slicer_seeds)} slicer seeds; embedder {embedder.name})\n\n"
-        + summary.sort_values("mean", ascending=False).to_markdown(floatfmt=".2f") + "\n")
+        f"{len(p.slicer_seeds)} slicer seeds; embedder {embedder.name})\n\n" + RATE_NOTE + "\n\n"
+        + shown.to_markdown() + "\n")
     return table
 
 

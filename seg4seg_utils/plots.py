@@ -136,17 +136,37 @@ def learning_curves(histories: dict[str, "pd.DataFrame"], panel: float = 2.6) ->
 
 def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection_rate", "perf_pass", "purity_pass"),
                       panel: float = 0.9) -> Figure:
-    """Cases (rows) x prevalences (columns) per value (paper Fig. 3a/3b style): detection, perf-pass, purity-pass."""
+    """Cases (rows) x prevalences (columns) per value (paper Fig. 3a/3b style): detection, perf-pass, purity-pass.
+
+    With an ``n_seeds`` column (as :func:`~seg4seg_utils.experiments.detection_table` gives) every cell also
+    shows its count k/n and 95 % Wilson interval: with 5 seeds a rate is a coarse statistic. Several rows per
+    cell are pooled (their counts summed).
+    """
+    from .stats import format_rate, wilson_interval
+
+    counted = "n_seeds" in table.columns
+    if counted:
+        table = table.assign(**{f"_k_{v}": np.rint(table[v] * table["n_seeds"]) for v in values})
     pivots = [table.pivot_table(index="case", columns="prevalence", values=v, aggfunc="mean") for v in values]
     rows, cols = pivots[0].shape
-    fig = Figure(figsize=(len(values) * (0.9 + panel * cols), 1.0 + 0.5 * rows), layout="constrained")
+    fig = Figure(figsize=(len(values) * (0.9 + (panel + 0.3 * counted) * cols), 1.0 + (0.5 + 0.4 * counted) * rows),
+                 layout="constrained")
     axes = fig.subplots(1, len(values), squeeze=False)[0]
     for ax, value, pivot in zip(axes, values, pivots):
+        if counted:
+            k = table.pivot_table(index="case", columns="prevalence", values=f"_k_{value}", aggfunc="sum")
+            n = table.pivot_table(index="case", columns="prevalence", values="n_seeds", aggfunc="sum")
+            pivot = (k / n).reindex_like(pivot)
         arr = pivot.to_numpy(dtype=float)
         im = ax.imshow(arr, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (r, c), v in np.ndenumerate(arr):
-            ax.text(c, r, "-" if np.isnan(v) else f"{v:.1f}", ha="center", va="center",
-                    color="white" if (np.isnan(v) or v < 0.6) else "black", fontsize=9)
+            text = "-" if np.isnan(v) else format_rate(v) if counted else f"{v:.1f}"
+            if counted and not np.isnan(v):
+                kk, nn = int(k.iat[r, c]), int(n.iat[r, c])
+                low, high = wilson_interval(kk, nn)
+                text += f"\n{kk}/{nn}\n{low:.2f}-{high:.2f}"
+            ax.text(c, r, text, ha="center", va="center", color="white" if (np.isnan(v) or v < 0.6) else "black",
+                    fontsize=8 if counted else 9, linespacing=1.1)
         ax.set_xticks(range(arr.shape[1]), [f"{p:.0%}" for p in pivot.columns])
         ax.set_yticks(range(arr.shape[0]), [f"case {c}" for c in pivot.index])
         ax.set_xlabel("prevalence")
