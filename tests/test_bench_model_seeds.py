@@ -1,0 +1,52 @@
+"""scripts/bench_model_seeds.py on the smoke preset: one case, one prevalence, two model seeds; resumable."""
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_model_seeds", REPO_ROOT / "scripts" / "bench_model_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
+    from seg4seg_utils.pipeline import case_datasets, train_grid
+
+    args = ["--preset", "smoke", "--cases", "A", "--prevalences", "0.2", "--model-seeds", "0", "1",
+            "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+            "--cache", str(tmp_path / "cache"), "--reduce", "pca", "--jobs", "1", "--no-progress"]
+    table = bench.main(args)
+    out = tmp_path / "results" / "smoke" / "model_seeds"
+    assert "[bench] model seed 1 (2/2)" in capsys.readouterr().out
+    assert len(table) == 1 and table[["case", "prevalence"]].iloc[0].tolist() == ["A", 0.2]
+    row = table.iloc[0]
+    assert row["n"] == 2 and row["n_seed0"] == row["n_seed1"] == 1  # smoke: one slicer seed per model
+    assert row["k"] == row["k_seed0"] + row["k_seed1"] and row["ci_low"] <= row["detection_rate"] <= row["ci_high"]
+    assert pd.notna(row["gap_seed0"]) and pd.notna(row["gap_seed1"]) and row["gap_seed0"] != row["gap_seed1"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "detection_by_model_seed.csv"), table, check_dtype=False)
+    md = (out / "detection_by_model_seed.md").read_text()
+    assert f"({int(row['k'])}/2, " in md and "model seed 1" in md and "Wilson" in md
+    # model seed 0 is the main job's run: train_grid without overrides finds it and trains nothing
+    done = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("done.json")}
+    assert len(done) == 2
+    grid = case_datasets("smoke", tmp_path / "data", cases="A", progress=False)
+    main_job = train_grid(grid, "smoke", tmp_path / "runs", None, progress=False)
+    assert Path(main_job["run"].iat[0]) / "done.json" in done
+    # resumable: a rerun trains nothing and fits nothing
+    items = (out / "detection_items.jsonl").read_text()
+    again = bench.main(args)
+    assert {p: p.stat().st_mtime_ns for p in done} == done and (out / "detection_items.jsonl").read_text() == items
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_prevalence_outside_the_preset_is_a_clear_error(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--preset", "smoke", "--prevalences", "0.05"])
+    assert "not in preset 'smoke'" in capsys.readouterr().err
