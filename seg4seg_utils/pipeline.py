@@ -260,6 +260,7 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
     summary = table.pivot_table(index="setting", columns="case", values="detection_rate", aggfunc="mean")
     summary["mean"] = summary.mean(axis=1)
     shown = detection_pivot(table, "setting", "case", order=summary.sort_values("mean", ascending=False).index)
+    shown.index = shown.index.str.replace("|", "\\|")  # a bare | in a setting name would split the markdown cell
     (out / "ablation.md").write_text(
         f"# Ablation: detection rate per setting and case (mean over prevalences {list(p.prevalences)}; "
         f"{len(p.slicer_seeds)} slicer seeds; embedder {embedder.name})\n\n" + RATE_NOTE + "\n\n"

@@ -1,5 +1,6 @@
 """The detection-rate benchmark on the smoke preset: one row per fit, tidy table, resumable, parallel."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -56,7 +57,11 @@ def test_detection_benchmark_writes_tables_and_figure(trained):
     assert get_preset("smoke").n_images * 0.2 >= 20  # the test split holds at least case B's 20 slices
     for name in ("detection_rates.csv", "detection_rates.md", "detection_heatmap.png", "detection_items.jsonl"):
         assert (out / name).stat().st_size > 0
-    assert "EfficientNet-Lite0" in (out / "detection_rates.md").read_text()
+    md = (out / "detection_rates.md").read_text()
+    assert "EfficientNet-Lite0" in md and "Wilson" in md
+    assert {"k", "n", "ci_low", "ci_high"} <= set(table.columns) and table["n"].eq(1).all()  # smoke: 1 slicer seed
+    labels = re.findall(r"\| (\d\.\d+) \((\d)/1, (0\.\d\d)-(\d\.\d\d)\) \|", md)
+    assert len(labels) == len(table) and {(r, k) for r, k, _, _ in labels} <= {("1.0", "1"), ("0.0", "0")}
     pd.testing.assert_frame_equal(pd.read_csv(out / "detection_rates.csv"), table, check_dtype=False)
 
 
@@ -71,7 +76,10 @@ def test_ablation_covers_variants_likelihoods_and_baselines(trained):
     assert len(settings) == 3 * 3 + 4
     assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
             "k-means | x0 + dice", "error ranking | x0 + dice"} <= settings
-    assert "| setting" in (out / "ablation.md").read_text()
+    md = (out / "ablation.md").read_text()
+    assert "| setting" in md and "SEG4SEG \\| x0 + dice" in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({len(re.findall(r"(?<!\\)\|", line)) for line in rows}) == 1  # every row has the header's cells
 
 
 def test_train_grid_subset_without_results_dir_writes_nothing(trained):
