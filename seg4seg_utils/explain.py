@@ -584,7 +584,8 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     (``oracle_names_attribute_bottom``): measures of the slices that read the hidden attribute, like purity.
     Returns (one row per seed x variant, extras: the remaining metadata text, the hidden columns, global baselines
     at 10 % and 20 % on the remaining metadata and, labelled oracle, with the attribute recorded, the text
-    embedding's name and the explanation tables of seed ``seeds[0]``).
+    embedding's name and the explanation tables of seed ``seeds[0]``: ``explanations`` from the remaining metadata,
+    ``explanations_oracle`` of the same slices with the attribute recorded).
     """
     from .embed import embed_dataset, performance_matrix
     from .experiments import _reduced
@@ -609,7 +610,7 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     if clip is not None:
         clip_images = embed_dataset(table, clip, "x0", run=run, cache_dir=cache_dir, progress=progress).X
     reduced_cache = Path(cache_dir) / "reduced" if cache_dir is not None else None
-    rows, tables = [], {}
+    rows, tables, oracle_tables = [], {}, {}
     for seed in seeds:
         Z = _reduced(emb.X, reduce, n_components, int(seed), reduced_cache)
         variants = {"image": Z}
@@ -652,12 +653,13 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
                          "oracle_names_attribute_bottom": any(named.at[b, "top_tokens"][:1] == [target]
                                                               for b in bottom)})
             if int(seed) == int(seeds[0]):
-                tables[variant] = ex
+                tables[variant], oracle_tables[variant] = ex, named
     extras = {"metadata": meta, "hidden_columns": hidden_cols, "attribute_token": target,
               "text_embedding": texts["image+metadata"][1], "global_10": global_baseline(meta, dice, 0.1),
               "global_20": global_baseline(meta, dice, 0.2),
               "global_10_oracle": global_baseline(meta_oracle, dice, 0.1),
               "global_20_oracle": global_baseline(meta_oracle, dice, 0.2), "explanations": tables,
+              "explanations_oracle": oracle_tables,
               "n_test": len(dice), "n_failure": int(metrics["failure"].astype(bool).sum())}
     return pd.DataFrame(rows), extras
 
@@ -695,7 +697,8 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
 def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str] | None = None, n_top: int = 6,
                          title: str = "Most distinctive tokens of the worst slice"):
     """One horizontal bar chart per entry (e.g. per case): the ``n_top`` tokens by distinctiveness; the token
-    in ``highlight[key]`` (the injected attribute) is drawn in red, the others in grey."""
+    in ``highlight[key]`` (the injected attribute, for an oracle figure that recorded it) is drawn in red, the
+    others in grey. Without ``highlight`` nothing is marked."""
     import matplotlib.pyplot as plt
 
     if not scores:
@@ -712,6 +715,6 @@ def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str]
         ax.set_title(f"{key}{missing}", fontsize=9)
         ax.set_xlabel("mean TF-IDF, slice - reference", fontsize=8)
         ax.tick_params(labelsize=8)
-    fig.suptitle(title + " (red: the injected attribute's token)", fontsize=10)
+    fig.suptitle(title + (" (red: the injected attribute's token)" if highlight else ""), fontsize=10)
     fig.tight_layout()
     return fig
