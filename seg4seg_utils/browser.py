@@ -328,6 +328,20 @@ class SliceBrowser:
         return [c for c in self.metrics.columns if c not in skip]
 
     @property
+    def hidden_columns(self) -> list[str]:
+        """Attribute columns that hold the hidden answer, kept out of :meth:`contrast` by default: the purity
+        attribute, a ``failure`` column, and every column that is a recoding of either
+        (:func:`~seg4seg_utils.explain.leaky_columns`, e.g. case A's ``caliper`` when ``attribute="failure"``)."""
+        from .explain import leaky_columns
+
+        hidden = {c for c in (self.attribute_name, "failure") if c is not None and c in self.metrics.columns}
+        if self.attribute is not None:
+            hidden |= set(leaky_columns(self.metrics, self.attribute))
+        if "failure" in self.metrics.columns:
+            hidden |= set(leaky_columns(self.metrics, "failure"))
+        return [c for c in self.attribute_columns if c in hidden]
+
+    @property
     def colour_options(self) -> list[str]:
         """What the map can be coloured by: ``slice``, the metrics, then every attribute column."""
         return ["slice", *self.metric_columns, *self.attribute_columns]
@@ -418,25 +432,33 @@ class SliceBrowser:
         s = self.selected if s is None else self._check_slice(s)
         return self.explanations.get(s, NO_EXPLANATION)
 
-    def contrast(self, s: int | None = None, top: int = 2, min_effect: float = 0.5) -> pd.DataFrame:
+    def contrast(self, s: int | None = None, top: int = 2, min_effect: float = 0.5,
+                 oracle: bool = False) -> pd.DataFrame:
         """What stands out about a slice's attributes compared with the rest of the test set.
 
-        For every attribute column (not the metrics, not the purity attribute itself, which has its own row):
+        For every attribute column except the metrics and the :attr:`hidden_columns` (the purity attribute, the
+        failure flag and their recodings: reading them would name the slice by the answer):
         categorical or boolean columns compare, per value, the share inside the slice with the share outside
         (effect size Cohen's h = |2 asin sqrt(p_in) - 2 asin sqrt(p_out)|); numeric columns with more than six
         distinct values compare means (Cohen's d with the pooled standard deviation). Returns the ``top`` rows
         with effect >= ``min_effect`` (0.5 = "medium"), largest first, with a readable ``text``. This is a plain
         description of the metadata, not a learned explanation; an empty or full slice gives an empty table.
+
+        ``oracle=True`` also reads the hidden columns (except the purity attribute, which has its own row); their
+        rows' ``text`` ends with "(oracle: hidden attribute)": an oracle upper bound of what the metadata could
+        say, not something a user without the labels would see.
         """
         s = self.selected if s is None else self._check_slice(s)
         inside = self.labels == s
         cols = ["column", "value", "effect", "text"]
         if inside.all() or not inside.any():
             return pd.DataFrame(columns=cols)
+        hidden = set(self.hidden_columns)
         rows = []
         for col in self.attribute_columns:
-            if col == self.attribute_name:
+            if col == self.attribute_name or (col in hidden and not oracle):
                 continue
+            tag = " (oracle: hidden attribute)" if col in hidden else ""
             v = self.metrics[col]
             if pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v) and v.nunique() > 6:
                 x = pd.to_numeric(v, errors="coerce").to_numpy(dtype=float)
@@ -449,13 +471,13 @@ class SliceBrowser:
                 if pooled == 0:
                     continue
                 d = abs(a.mean() - b.mean()) / pooled
-                rows.append((col, None, d, f"{col}: mean {a.mean():.3g} here vs {b.mean():.3g} elsewhere", True))
+                rows.append((col, None, d, f"{col}: mean {a.mean():.3g} here vs {b.mean():.3g} elsewhere{tag}", True))
             else:
                 cats = v.astype(str).to_numpy()
                 for level in pd.unique(cats):
                     p_in, p_out = (cats[inside] == level).mean(), (cats[~inside] == level).mean()
                     h = abs(2 * np.arcsin(np.sqrt(p_in)) - 2 * np.arcsin(np.sqrt(p_out)))
-                    rows.append((col, level, h, f"{col} = {level}: {p_in:.0%} here vs {p_out:.0%} elsewhere",
+                    rows.append((col, level, h, f"{col} = {level}: {p_in:.0%} here vs {p_out:.0%} elsewhere{tag}",
                                  p_in > p_out))
         if not rows:
             return pd.DataFrame(columns=cols)

@@ -13,6 +13,10 @@ segmentation slices:
    ("cropped" / "not cropped" for participles), categories read "<value> <column>". Free-text columns are split
    into lower-case word tokens. ``id``, ``split``, paths, ``failure`` and per-image performance columns are never
    used (the failure flag is what we want to *find*; performance is what the slicer already uses).
+   :func:`leaky_columns` finds the columns that are a recoding of the failure flag (e.g. the injected case's
+   ``caliper``) and :func:`hidden_columns` adds the case's attribute: **the honesty rule** is that these never
+   enter discovery (embedding, reduction, slicing, naming). A result that uses them is an *oracle upper bound*
+   and is labelled so (:data:`ORACLE_VARIANT`, the ``oracle_*`` columns).
 2. :func:`tfidf` - TF-IDF of the phrase tokens (scikit-learn's smooth idf and l2 row norm, written out in
    :func:`tfidf`'s docstring so it can be checked by hand).
 3. :func:`distinctiveness` - mean TF-IDF of each token in the slice minus in the *reference slice*; the reference
@@ -30,7 +34,8 @@ segmentation slices:
    performance minus the rest.
 
 :func:`explain_case` runs all of it for one injected case and trained model (image-only vs image+metadata
-slicing, several slicer seeds); :func:`distinctiveness_plot` draws the bar chart of the notebook.
+slicing, several slicer seeds; the attribute and its recodings withheld from both, and an optional, labelled
+oracle that records them); :func:`distinctiveness_plot` draws the bar chart of the notebook.
 """
 from __future__ import annotations
 
@@ -46,14 +51,22 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from .embed import ClipEmbedder
 
-__all__ = ["NEVER_USED", "BIN_LABELS", "FALLBACK_TEXT_EMBEDDING", "metadata_text", "attribute_token", "tfidf",
+__all__ = ["NOT_METADATA", "NEVER_USED", "BIN_LABELS", "FALLBACK_TEXT_EMBEDDING", "HONEST_VARIANTS", "ORACLE_VARIANT",
+           "ORACLE_LABEL", "metadata_text", "leaky_columns", "hidden_columns", "attribute_token", "tfidf",
            "distinctiveness", "reference_slice", "explain_slices", "global_baseline", "text_embedding",
            "joint_features", "clip_score_difference", "explain_case", "summary_table", "distinctiveness_plot"]
 
-#: columns that never become text: identifiers, split, file paths, the hidden failure flag, per-image performance
-NEVER_USED: frozenset[str] = frozenset({
-    "id", "split", "image", "mask", "prediction", "path", "failure", "attribute",
-    "dice", "iou", "ppv", "npv", "tp", "fp", "fn", "tn"})
+#: columns that are bookkeeping or per-image performance, not a description of the image
+NOT_METADATA: frozenset[str] = frozenset({
+    "id", "split", "image", "mask", "prediction", "path", "dice", "iou", "ppv", "npv", "tp", "fp", "fn", "tn"})
+#: columns that never become text: the above plus the hidden failure flag (``failure``, or ``attribute`` as
+#: :func:`~.pipeline.attribute_study` and the slice browser call it)
+NEVER_USED: frozenset[str] = NOT_METADATA | frozenset({"failure", "attribute"})
+#: the slicer inputs of :func:`explain_case` that never see the failure attribute or a recoding of it
+HONEST_VARIANTS: tuple[str, ...] = ("image", "image+metadata")
+#: the slicer input that *records* the attribute: an oracle upper bound, never a result
+ORACLE_VARIANT = "image+metadata (oracle: attribute recorded)"
+ORACLE_LABEL = "oracle upper bound"
 #: words for quantile bins, by number of bins
 BIN_LABELS: dict[int, tuple[str, ...]] = {
     2: ("low", "high"), 3: ("low", "medium", "high"), 4: ("low", "medium low", "medium high", "high"),
@@ -188,6 +201,87 @@ def metadata_text(table: Any, exclude: Sequence[str] = (), n_bins: int = 3, max_
     out = pd.DataFrame({"text": [", ".join(p) for p in phrases], "tokens": tokens}, index=df.index)
     out.attrs["used"], out.attrs["skipped"] = used, skipped
     return out
+
+
+def leaky_columns(table: Any, failure: Any = "failure", n_bins: int = 3, max_categories: int = 12) -> list[str]:
+    """The columns that are a recoding of the failure flag, so would hand it to discovery; in table order.
+
+    ``failure`` is a column name (that column is listed too) or a boolean array with one entry per row. A column
+    is **leaky** when either
+
+    * its value as :func:`metadata_text` writes it (its phrase tokens; numbers binned into the same ``n_bins``
+      quantiles with the same ``max_categories``; a missing value is a value of its own) determines ``failure``
+      exactly - every distinct value occurs with one failure value only - and not trivially so: it takes at most
+      ``max_categories`` distinct values (the bound at which :func:`metadata_text` stops calling a column a
+      category) and fewer than there are rows. Without the bound a column where (nearly) every row has its own
+      value, such as an identifier or a free-text note, "determines" any flag; or
+    * whether a value is recorded at all determines ``failure`` (e.g. case B's ``crop_box``: coordinates for the
+      cropped images, empty for the rest).
+
+    Columns that :func:`metadata_text` skips (coordinates, file paths) are compared by their raw values, since
+    another consumer (e.g. the slice browser's metadata contrast) may still read them. Bookkeeping and
+    performance columns (:data:`NOT_METADATA`) are not metadata and are never listed. When ``failure`` takes a
+    single value there is nothing to encode and only the failure column itself is returned.
+
+    Why exact recodings only: a column that merely *correlates* with the failure (a noisy proxy) is metadata a
+    user could genuinely have recorded; a column that reproduces the flag row by row is the label under another
+    name. The benchmark uses the hidden flag here only to *remove* columns; a real deployment has no flag and
+    nothing to remove. Pass the whole sample table (every split) where you can: with few rows a column can
+    separate a handful of failures by chance.
+    """
+    df = getattr(table, "df", table)
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"leaky_columns needs a SampleTable or a pandas DataFrame, got {type(table).__name__}")
+    name = failure if isinstance(failure, str) else None
+    if name is not None:
+        if name not in df.columns:
+            raise KeyError(f"failure column {name!r} is not in the table; its columns are {list(df.columns)}")
+        flag = df[name]
+    else:
+        arr = np.asarray(failure)
+        if arr.shape != (len(df),):
+            raise ValueError(f"failure has shape {arr.shape}: expected {len(df)} entries, one per row of the table")
+        flag = pd.Series(arr, index=df.index)
+    flag = flag.map(lambda v: "<missing>" if pd.isna(v) else str(v).strip().lower() in ("true", "1", "1.0"))
+
+    def determines(value: pd.Series) -> bool:
+        groups = pd.DataFrame({"v": value.to_numpy(), "f": flag.to_numpy()}).groupby("v")["f"].nunique()
+        return bool((groups == 1).all())
+
+    out = []
+    for col in df.columns:
+        if col == name:
+            out.append(col)
+            continue
+        if str(col).lower() in NOT_METADATA or flag.nunique() < 2:
+            continue
+        text = metadata_text(df[[col]], n_bins=n_bins, max_categories=max_categories)
+        missing = df[col].map(lambda v: pd.isna(v) or str(v).strip() == "")
+        if col in text.attrs["used"]:
+            value = text["tokens"].map(lambda t: " ".join(t) if t else "<missing>")
+        else:  # skipped by metadata_text: its raw values, missing as a value of its own
+            value = df[col].where(~missing, "<missing>").astype(str)
+        few = value.nunique() <= min(max_categories, len(value) - 1)  # a category, not one value per row
+        if (few and determines(value)) or (missing.nunique() == 2 and determines(missing)):
+            out.append(col)
+    return out
+
+
+def hidden_columns(table: Any, case: str | None = None, failure: str = "failure", **kwargs: Any) -> list[str]:
+    """Every column of ``table`` the honesty rule keeps out of discovery: the failure column, the injected
+    ``case``'s attribute column (by name, whatever its values) and every :func:`leaky_columns` recoding of the
+    failure flag. Only columns present in the table are returned, so a table without them gives ``[]``.
+    ``kwargs`` go to :func:`leaky_columns` (``n_bins``, ``max_categories``)."""
+    df = getattr(table, "df", table)
+    cols = [failure] if failure in df.columns else []
+    if case is not None:
+        from .inject import get_case
+
+        attribute = get_case(case).attribute
+        cols += [attribute] if attribute in df.columns else []
+    if failure in df.columns:
+        cols += leaky_columns(df, failure, **kwargs)
+    return [c for c in df.columns if c in set(cols)]
 
 
 def attribute_token(case: str) -> str:
@@ -465,50 +559,58 @@ def clip_score_difference(image_embeddings: np.ndarray, text_embedding_: np.ndar
 # ------------------------------------------------------------------------------------------- experiment
 def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                  cache_dir: str | os.PathLike | None = "cache/embeddings", clip: "ClipEmbedder | None" = None,
-                 n_top: int = 5, gamma: float = 10.0, n_components: int = 8, withheld: bool = True,
+                 n_top: int = 5, gamma: float = 10.0, n_components: int = 8, oracle: bool = False,
                  reduce: str = "umap", progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Image-only vs image+metadata SEG4SEG slicing of one trained model's test split, each slice explained.
 
-    Variants (the slicer's input; the explanations always read the full metadata of the test split):
+    The honesty rule: the failure flag, the case's attribute column and every recoding of the flag
+    (:func:`hidden_columns` of the sample table) never enter discovery - not the text embedding, not the slicer,
+    not the explanations. Variants (the slicer's input):
+
     ``image`` - UMAP-``n_components`` of the image embedding (the benchmark's own cached reduction; ``reduce="pca"``
     for quick tests);
-    ``image+metadata`` - the same side by side with the metadata text embedding (:func:`joint_features`);
-    ``image+metadata (attribute withheld)`` (when ``withheld``) - the text embedding built without the case's
-    attribute column, i.e. what metadata adds when the failure attribute was never recorded.
+    ``image+metadata`` - the same side by side with the text embedding of the *remaining* metadata
+    (:func:`joint_features`): what metadata a user could have recorded adds;
+    :data:`ORACLE_VARIANT` (only with ``oracle=True``) - the text embedding built with the attribute recorded. It
+    hands the slicer the answer, so it is an **oracle upper bound**, never a result (``status`` says so).
 
     Per slicer seed and variant: the SliceFinder (the case's ``n_slices``, ``gamma``), the protocol's verdict
-    (``success``), and the *worst slice* = lowest mean Dice among eligible slices (chosen without the hidden
-    attribute, as a user would): its purity, precision@10 (of its 10 highest-probability samples, the share
-    carrying the failure attribute), top tokens, whether the first one is the attribute's token
-    (:func:`attribute_token`) and that token's rank in its full distinctiveness ranking; plus whether the top
-    token of *any* bottom slice (protocol's bottom 40 %, label-free) names the attribute. Returns (one row per
-    seed x variant, extras: metadata text, global baselines at 10 % and 20 %, the text embedding's name and the
-    explanation tables of seed ``seeds[0]``).
+    (``success``), and the *worst slice* (:func:`~.protocol.worst_slice`: lowest mean Dice among eligible slices,
+    chosen without the hidden attribute, as a user would): its purity, precision@10 (of its 10 highest-probability
+    samples, the share carrying the failure attribute), and its explanation from the remaining metadata
+    (``top_tokens``, ``top_token``). The ``oracle_*`` columns explain the same slices with the attribute recorded
+    and ask whether its token (:func:`attribute_token`) comes first (``oracle_names_attribute``), its rank
+    (``oracle_attribute_rank``) and whether some bottom slice (protocol's bottom 40 %, label-free) is named by it
+    (``oracle_names_attribute_bottom``): measures of the slices that read the hidden attribute, like purity.
+    Returns (one row per seed x variant, extras: the remaining metadata text, the hidden columns, global baselines
+    at 10 % and 20 % on the remaining metadata and, labelled oracle, with the attribute recorded, the text
+    embedding's name and the explanation tables of seed ``seeds[0]``: ``explanations`` from the remaining metadata,
+    ``explanations_oracle`` of the same slices with the attribute recorded).
     """
     from .embed import embed_dataset, performance_matrix
     from .experiments import _reduced
     from .inject import get_case
-    from .protocol import evaluate_slices, precision_at_k
+    from .protocol import evaluate_slices, precision_at_k, worst_slice
     from .slicer import SliceFinder
 
     c = get_case(case)
     emb = embed_dataset(table, embedder, "x0", run=run, cache_dir=cache_dir, progress=progress)
     metrics = run.metrics().set_index("id").loc[emb.ids].reset_index()
     dice = performance_matrix(metrics, ("dice",), ids=emb.ids)[:, 0]
-    hidden = metrics["failure"].astype(bool).to_numpy()
     test = table.split("test").df.set_index("id").loc[emb.ids].reset_index()
-    meta = metadata_text(test)
-    X, vocab = tfidf(meta)
+    hidden_cols = hidden_columns(table.df, c.name)  # detected on every split: chance separations are rarer
+    meta = metadata_text(test, exclude=hidden_cols)           # what discovery and naming may read
+    meta_oracle = metadata_text(test)                         # with the attribute recorded: oracle only
+    X_oracle, vocab_oracle = tfidf(meta_oracle)
     target = attribute_token(c.name)
     texts = {"image+metadata": text_embedding(meta, clip=clip, n_components=n_components, random_state=0)}
-    if withheld:
-        texts["image+metadata (attribute withheld)"] = text_embedding(
-            metadata_text(test, exclude=[c.attribute]), clip=clip, n_components=n_components, random_state=0)
+    if oracle:
+        texts[ORACLE_VARIANT] = text_embedding(meta_oracle, clip=clip, n_components=n_components, random_state=0)
     clip_images = None
     if clip is not None:
         clip_images = embed_dataset(table, clip, "x0", run=run, cache_dir=cache_dir, progress=progress).X
     reduced_cache = Path(cache_dir) / "reduced" if cache_dir is not None else None
-    rows, tables = [], {}
+    rows, tables, oracle_tables = [], {}, {}
     for seed in seeds:
         Z = _reduced(emb.X, reduce, n_components, int(seed), reduced_cache)
         variants = {"image": Z}
@@ -519,45 +621,58 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
             variants[name] = joint_features(Z, T)
         for variant, F in variants.items():
             sf = SliceFinder(n_slices=c.n_slices, gamma=gamma, reduce=None, random_state=int(seed)).fit(F, dice)
-            report = evaluate_slices(sf.labels_, dice, hidden, proba=sf.proba_, n_slices=c.n_slices)
+            # --- discovery and naming end here; below, the hidden flag judges what was found
             ex = explain_slices(sf.labels_, dice, meta["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices,
                                 clip=clip, image_embeddings=clip_images)
-            elig = ex[ex["eligible"]]
-            worst = int(elig.sort_values(["mean_perf", "slice"])["slice"].iloc[0])
+            worst = worst_slice(sf.labels_, dice, n_slices=c.n_slices)
             top = ex.at[worst, "top_tokens"]
-            ref = ex.at[worst, "reference_slice"]
+            hidden = metrics["failure"].astype(bool).to_numpy()
+            report = evaluate_slices(sf.labels_, dice, hidden, proba=sf.proba_, n_slices=c.n_slices)
+            named = explain_slices(sf.labels_, dice, meta_oracle["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices)
+            oracle_top = named.at[worst, "top_tokens"]
+            ref = named.at[worst, "reference_slice"]
             rank = float("nan")
-            if top and not pd.isna(ref):
-                full = distinctiveness(X, vocab, sf.labels_ == worst, sf.labels_ == int(ref))
+            if oracle_top and not pd.isna(ref):
+                full = distinctiveness(X_oracle, vocab_oracle, sf.labels_ == worst, sf.labels_ == int(ref))
                 rank = int(list(full.index).index(target)) + 1 if target in full.index else float("nan")
             bottom = report.table.loc[report.table["bottom"], "slice"].tolist()
-            rows.append({"case": c.name, "variant": variant, "slicer_seed": int(seed), "success": report.success,
+            rows.append({"case": c.name, "variant": variant,
+                         "status": ORACLE_LABEL if variant == ORACLE_VARIANT else "result",
+                         "slicer_seed": int(seed), "success": report.success,
                          "worst_slice": worst, "worst_size": int(ex.at[worst, "size"]),
                          "worst_dice": float(ex.at[worst, "mean_perf"]),
                          "worst_purity": float(report.table.at[worst, "purity"]),
                          "p_at_10_worst": float(precision_at_k(sf.proba_, hidden, 10)[worst]),
                          "p_at_10_max": report.precision_at_k,
                          "top_tokens": top, "top_scores": ex.at[worst, "top_scores"],
-                         "top_token": top[0] if top else None, "names_attribute": bool(top) and top[0] == target,
-                         "attribute_rank": rank,
-                         "names_attribute_bottom": any(ex.at[b, "top_tokens"][:1] == [target] for b in bottom),
-                         "clip_score_diff": float(ex.at[worst, "clip_score_diff"])})
+                         "top_token": top[0] if top else None,
+                         "clip_score_diff": float(ex.at[worst, "clip_score_diff"]),
+                         "oracle_top_token": oracle_top[0] if oracle_top else None,
+                         "oracle_names_attribute": bool(oracle_top) and oracle_top[0] == target,
+                         "oracle_attribute_rank": rank,
+                         "oracle_names_attribute_bottom": any(named.at[b, "top_tokens"][:1] == [target]
+                                                              for b in bottom)})
             if int(seed) == int(seeds[0]):
-                tables[variant] = ex
-    extras = {"metadata": meta, "attribute_token": target,
+                tables[variant], oracle_tables[variant] = ex, named
+    extras = {"metadata": meta, "hidden_columns": hidden_cols, "attribute_token": target,
               "text_embedding": texts["image+metadata"][1], "global_10": global_baseline(meta, dice, 0.1),
-              "global_20": global_baseline(meta, dice, 0.2), "explanations": tables, "n_test": len(dice),
-              "n_failure": int(hidden.sum())}
+              "global_20": global_baseline(meta, dice, 0.2),
+              "global_10_oracle": global_baseline(meta_oracle, dice, 0.1),
+              "global_20_oracle": global_baseline(meta_oracle, dice, 0.2), "explanations": tables,
+              "explanations_oracle": oracle_tables,
+              "n_test": len(dice), "n_failure": int(metrics["failure"].astype(bool).sum())}
     return pd.DataFrame(rows), extras
 
 
 def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     """:func:`explain_case` rows (any number of cases/prevalences) aggregated over slicer seeds.
 
-    Per case, prevalence (when present) and variant: detection rate, mean P@10 of the worst slice and the
-    protocol's max P@10, mean purity of the worst slice, the worst slice's most frequent top token ("token (k/n)"),
-    the share of seeds whose top token names the attribute, the median rank of the attribute token, the share
-    where some bottom slice's top token names it, and the mean CLIP score difference (NaN without CLIP).
+    Per case, prevalence (when present) and variant: ``status`` ("result", or "oracle upper bound" for the
+    variant that recorded the attribute), detection rate, mean P@10 of the worst slice and the protocol's max P@10,
+    mean purity of the worst slice, the worst slice's most frequent top token from the remaining metadata
+    ("token (k/n)"), the mean CLIP score difference (NaN without CLIP), and - reading the hidden attribute, so
+    labelled oracle - the most frequent top token with the attribute recorded, the share of seeds where it is the
+    attribute's token, the median rank of that token, and the share where some bottom slice is named by it.
     """
     from .stats import with_detection_counts
 
@@ -570,10 +685,12 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         return f"{counts.index[0]} ({counts.iloc[0]}/{len(tokens)})"
 
     out = rows.groupby(keys, sort=False).agg(
-        detection_rate=("success", "mean"), p_at_10_worst=("p_at_10_worst", "mean"),
+        status=("status", "first"), detection_rate=("success", "mean"), p_at_10_worst=("p_at_10_worst", "mean"),
         p_at_10_max=("p_at_10_max", "mean"), worst_purity=("worst_purity", "mean"), top_token=("top_token", mode),
-        names_attribute=("names_attribute", "mean"), attribute_rank=("attribute_rank", "median"),
-        named_by_a_bottom_slice=("names_attribute_bottom", "mean"), clip_score_diff=("clip_score_diff", "mean"),
+        clip_score_diff=("clip_score_diff", "mean"), oracle_top_token=("oracle_top_token", mode),
+        oracle_names_attribute=("oracle_names_attribute", "mean"),
+        oracle_attribute_rank=("oracle_attribute_rank", "median"),
+        oracle_named_by_a_bottom_slice=("oracle_names_attribute_bottom", "mean"),
         n_seeds=("success", "size")).reset_index()
     return with_detection_counts(out)  # k/n and a 95 % Wilson interval beside the rate
 
@@ -582,7 +699,8 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
 def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str] | None = None, n_top: int = 6,
                          title: str = "Most distinctive tokens of the worst slice"):
     """One horizontal bar chart per entry (e.g. per case): the ``n_top`` tokens by distinctiveness; the token
-    in ``highlight[key]`` (the injected attribute) is drawn in red, the others in grey."""
+    in ``highlight[key]`` (the injected attribute, for an oracle figure that recorded it) is drawn in red, the
+    others in grey. Without ``highlight`` nothing is marked."""
     import matplotlib.pyplot as plt
 
     if not scores:
@@ -599,6 +717,6 @@ def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str]
         ax.set_title(f"{key}{missing}", fontsize=9)
         ax.set_xlabel("mean TF-IDF, slice - reference", fontsize=8)
         ax.tick_params(labelsize=8)
-    fig.suptitle(title + " (red: the injected attribute's token)", fontsize=10)
+    fig.suptitle(title + (" (red: the injected attribute's token)" if highlight else ""), fontsize=10)
     fig.tight_layout()
     return fig

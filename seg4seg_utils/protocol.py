@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["P_THETA", "Q_THETA", "N_MIN_FRAC", "K_PRECISION", "OMEGA2_THETA", "omega_squared", "min_slice_size",
-           "slice_table", "precision_at_k", "SliceReport", "evaluate_slices"]
+           "slice_table", "worst_slice", "precision_at_k", "SliceReport", "evaluate_slices"]
 
 P_THETA: float = 0.8
 Q_THETA: float = 0.4
@@ -211,6 +211,22 @@ def slice_table(labels: Any, performance: Any, attribute: Any, n_slices: int | N
     bottom = (rank <= cutoff).fillna(False).to_numpy(dtype=bool)
     return pd.DataFrame({"slice": np.arange(k), "size": size, "mean_perf": mean_perf, "purity": purity,
                          "eligible": eligible, "rank": rank, "bottom": bottom})
+
+
+def worst_slice(labels: Any, performance: Any, n_slices: int | None = None, n_min: int | None = None, *,
+                n_min_frac: float = N_MIN_FRAC) -> int:
+    """The slice a user would look at first, chosen **without** the hidden attribute: the eligible slice (at least
+    N_min members, rule 3) with the lowest mean performance, ties to the lower slice id; when no slice is eligible,
+    the non-empty slice with the lowest mean performance.
+
+    Why it exists: ``SliceReport.winning_slice`` is picked with the hidden attribute (purity), so a figure or an
+    explanation built on it has seen the labels. Anything presented as label-free should use this instead.
+    """
+    no_attribute = np.zeros(np.shape(performance)[:1], dtype=bool)  # purity plays no part in the choice
+    t = slice_table(labels, performance, no_attribute, n_slices, n_min, n_min_frac=n_min_frac)
+    t = t[t["size"] > 0]
+    pool = t[t["eligible"]] if t["eligible"].any() else t
+    return int(pool.sort_values(["mean_perf", "slice"])["slice"].iloc[0])
 
 
 def precision_at_k(proba: Any, attribute: Any, k: int = K_PRECISION) -> np.ndarray:

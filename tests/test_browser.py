@@ -261,3 +261,24 @@ def test_contrast_names_the_planted_attribute(data):
     assert "flag" not in set(make(data, attribute="flag").contrast(1)["column"])  # purity covers it
     assert b.contrast(3).empty  # empty slice
     assert "Stands out in the metadata:</b> flag = True" in b.explanation_html(1)
+
+
+def test_contrast_keeps_the_hidden_attribute_and_its_recodings_out_unless_oracle(data):
+    table, ids, xy, metrics, preds, _ = data
+    # 'caliper' recodes the purity attribute 'failure' (as in case A); 'flag' is unrelated to it here
+    failure = np.array([False] * 4 + [True] * 4 + [False] * 4)
+    by_id = dict(zip(ids, failure))
+    m = metrics.assign(failure=metrics["id"].map(by_id), caliper=~metrics["id"].map(by_id),
+                       crop_box=[("1 2 3 4" if by_id[i] else None) for i in metrics["id"]])
+    b = SliceBrowser(table, ids, xy, LABELS, m, attribute="failure", predictions=preds, n_slices=4)
+    assert b.hidden_columns == ["failure", "caliper", "crop_box"]
+    honest = b.contrast(1, top=10)
+    assert not {"failure", "caliper", "crop_box"} & set(honest["column"]) and "flag" in set(honest["column"])
+    assert "caliper" not in b.explanation_html(1)
+    oracle = b.contrast(1, top=10, oracle=True)
+    assert {"caliper", "crop_box"} <= set(oracle["column"]) and "failure" not in set(oracle["column"])
+    marked = oracle[oracle["column"].isin(["caliper", "crop_box"])]["text"]
+    assert marked.str.endswith("(oracle: hidden attribute)").all()
+    assert not oracle[oracle["column"] == "flag"]["text"].str.contains("oracle").any()
+    # without a purity attribute a 'failure' column is still hidden, and so are its recodings
+    assert make((table, ids, xy, m, preds, None)).hidden_columns == ["failure", "caliper", "crop_box"]

@@ -312,7 +312,8 @@ class _MeanColourEmbedder:
                                np.asarray(im, np.float32).reshape(-1, 3).std(0)] for im in images], np.float32)
 
 
-def test_explain_case_on_a_planted_case_d(tmp_path):
+def _planted_case_d(tmp_path):
+    """A fundus phantom dataset with case D's columns planted on the test split (images left untouched)."""
     from seg4seg_utils.phantoms import generate_phantom_dataset
 
     table = generate_phantom_dataset("fundus", tmp_path / "fundus", n=200, size=32, progress=False)
@@ -320,28 +321,88 @@ def test_explain_case_on_a_planted_case_d(tmp_path):
     rng = np.random.default_rng(0)
     low = test & (rng.uniform(size=len(table.df)) < 0.25)
     table.df["quality"] = np.where(low, "low", "good")
+    table.df["quality_code"] = np.where(low, 1, 0)        # a recoding of the flag under another name
     table.df["failure"] = low
     t = table.df[test]
     metrics = pd.DataFrame({"id": t["id"], "failure": t["failure"],
                             "dice": np.where(t["failure"], 0.3, 0.9) + rng.normal(0, 0.01, len(t))})
+    return table, metrics, low
+
+
+def test_explain_case_keeps_the_attribute_and_its_recodings_out_by_default(tmp_path):
+    table, metrics, low = _planted_case_d(tmp_path)
     rows, extras = X.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
                                   reduce="pca", n_components=4)
-    assert set(rows["variant"]) == {"image", "image+metadata", "image+metadata (attribute withheld)"}
-    assert len(rows) == 6 and extras["attribute_token"] == "low_quality" and extras["n_failure"] == int(low.sum())
-    assert extras["global_10"].index[0] == "low_quality"  # the baseline sees the planted token
-    meta_rows = rows[rows["variant"] == "image+metadata"]
-    assert meta_rows["names_attribute"].all() and (meta_rows["attribute_rank"] == 1).all()
-    assert (meta_rows["p_at_10_worst"] == 1).all() and meta_rows["success"].all()
-    assert "not CLIP" in extras["text_embedding"]
+    assert set(rows["variant"]) == set(X.HONEST_VARIANTS) and (rows["status"] == "result").all()
+    assert len(rows) == 4 and extras["attribute_token"] == "low_quality" and extras["n_failure"] == int(low.sum())
+    assert extras["hidden_columns"] == ["quality", "quality_code", "failure"]
+    # nothing the slicer or the naming read comes from the hidden columns
+    assert {"quality", "quality_code"} <= set(extras["metadata"].attrs["skipped"])
+    tokens = {t for toks in extras["metadata"]["tokens"] for t in toks}
+    assert not any("quality" in t for t in tokens)
+    assert not any("quality" in t for toks in rows["top_tokens"] for t in toks)
+    assert not any("quality" in t for t in extras["global_10"].index)
     for ex in extras["explanations"].values():
         assert len(ex) == 10 and np.isfinite(np.concatenate([s for s in ex["top_scores"] if s])).all()
+        assert not any("quality" in t for toks in ex["top_tokens"] for t in toks)
+    # the naming measures that read the attribute are labelled oracle; the oracle baseline does see it
+    assert extras["global_10_oracle"].index[0] == "low_quality"
+    assert "not CLIP" in extras["text_embedding"]
     summary = X.summary_table(rows)
-    assert len(summary) == 3 and (summary["n_seeds"] == 2).all()
-    row = summary.set_index("variant").loc["image+metadata"]
-    assert row["top_token"] == "low_quality (2/2)" and row["names_attribute"] == 1 and row["detection_rate"] == 1
-    assert np.isnan(row["clip_score_diff"])
+    assert len(summary) == 2 and (summary["n_seeds"] == 2).all() and (summary["status"] == "result").all()
+    assert not any(c.startswith("names_attribute") for c in summary.columns)
+    assert {"oracle_names_attribute", "oracle_attribute_rank", "oracle_named_by_a_bottom_slice"} <= set(summary.columns)
+    assert np.isnan(summary["clip_score_diff"]).all()
     with pytest.raises(ValueError, match="no rows"):
         X.summary_table(rows.iloc[:0])
+
+
+def test_the_oracle_variant_is_labelled_an_oracle_upper_bound(tmp_path):
+    table, metrics, _ = _planted_case_d(tmp_path)
+    rows, _ = X.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
+                             reduce="pca", n_components=4, oracle=True)
+    assert set(rows["variant"]) == {*X.HONEST_VARIANTS, X.ORACLE_VARIANT}
+    assert "oracle" in X.ORACLE_VARIANT and X.ORACLE_LABEL == "oracle upper bound"
+    assert (rows.loc[rows["variant"] == X.ORACLE_VARIANT, "status"] == X.ORACLE_LABEL).all()
+    assert (rows.loc[rows["variant"] != X.ORACLE_VARIANT, "status"] == "result").all()
+    # the oracle is handed the answer: its worst slice is the planted group, named by the attribute
+    oracle = rows[rows["variant"] == X.ORACLE_VARIANT]
+    assert oracle["success"].all() and (oracle["p_at_10_worst"] == 1).all()
+    assert oracle["oracle_names_attribute"].all() and (oracle["oracle_attribute_rank"] == 1).all()
+    row = X.summary_table(rows).set_index("variant").loc[X.ORACLE_VARIANT]
+    assert row["status"] == X.ORACLE_LABEL and row["oracle_top_token"] == "low_quality (2/2)"
+
+
+def test_leaky_columns_finds_recodings_of_the_failure_flag():
+    rng = np.random.default_rng(0)
+    n = 100
+    f = rng.uniform(size=n) < 0.2
+    df = pd.DataFrame({
+        "id": [f"s{i}" for i in range(n)], "split": "test",
+        "caliper": ~f,                                              # case A: the flag negated
+        "quality": np.where(f, "low", "good"),                      # case D
+        "site": np.where(f, rng.choice(["a", "b"], n), rng.choice(["c", "d"], n)),  # a coarser-grained recoding
+        "crop_box": [f"{i} 3 4 5" if x else None for i, x in enumerate(f)],  # recorded only for failures
+        "gain": rng.uniform(size=n), "hair": rng.uniform(size=n) < 0.5,      # ordinary metadata
+        "proxy": np.where(rng.uniform(size=n) < 0.9, f, ~f),                 # correlated, not a recoding
+        "note": [f"note {i}" for i in range(n)],                             # every row distinct: not a recoding
+        "dice": np.where(f, 0.3, 0.9), "failure": f})                        # performance is never metadata
+    expect = ["caliper", "quality", "site", "crop_box", "failure"]
+    assert X.leaky_columns(df) == expect
+    assert X.leaky_columns(df, f) == expect                                  # the flag as an array
+    assert X.leaky_columns(df.assign(failure=f.astype(str))) == expect       # 'True'/'False' strings
+    assert X.leaky_columns(df.assign(failure=False)) == ["failure"]          # a constant flag encodes nothing
+    # numeric columns are judged as metadata_text bins them: a threshold on a binned value is a recoding
+    g = np.sort(rng.uniform(size=n))
+    top_bin = X.metadata_text(pd.DataFrame({"g": g}))["tokens"].map(lambda t: t == ["high_g"]).to_numpy()
+    binned = pd.DataFrame({"g": g, "failure": top_bin})  # exactly the images in the top tertile
+    assert "g" in X.leaky_columns(binned) and "g" not in X.leaky_columns(binned, np.arange(n) % 2 == 0)
+    assert X.hidden_columns(df, "A") == expect and X.hidden_columns(df.drop(columns="failure"), "A") == ["caliper"]
+    assert X.hidden_columns(df[["id", "gain"]], "D") == []
+    with pytest.raises(KeyError, match="nope"):
+        X.leaky_columns(df, "nope")
+    with pytest.raises(ValueError, match="entries"):
+        X.leaky_columns(df, f[:-1])
 
 
 def test_distinctiveness_plot_highlights_the_attribute_token():

@@ -274,3 +274,15 @@ def test_zero_one_attribute_is_accepted():
     b = evaluate_slices(labels, perf, attr, n_min_frac=0.2)
     pd.testing.assert_series_equal(pd.Series(a.to_dict()), pd.Series(b.to_dict()))
     pd.testing.assert_frame_equal(a.table, b.table)
+
+
+def test_worst_slice_is_chosen_without_the_attribute():
+    from seg4seg_utils.protocol import worst_slice
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3, 3])
+    perf = np.array([0.9, 0.9, 0.9, 0.5, 0.6, 0.4, 0.0, 0.7, 0.7, 0.7])
+    assert worst_slice(labels, perf, n_min=2) == 1            # slice 2 is worse but too small
+    assert worst_slice(labels, perf, n_min=1) == 2
+    assert worst_slice(labels, perf, n_slices=6, n_min=5) == 2  # none eligible: the worst non-empty slice
+    tie = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9])
+    assert worst_slice(labels, tie, n_min=2) == 0              # ties go to the lower id
