@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${SEG4SEG_VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.seg4seg-setup"
-want=$(cat requirements/*.txt pyproject.toml scripts/setup_venv.sh scripts/torchvision_cpu_shim.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/*.txt pyproject.toml scripts/setup_venv.sh scripts/torchvision_cpu_shim.py seg4seg_utils/kernels.py | sha256sum | cut -d' ' -f1)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
   exit 0
@@ -28,6 +28,9 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 # HF_HUB_OFFLINE=1 by default for everything run from this environment (scripts, pytest, Jupyter
 # kernels): nothing can be downloaded here, so hub look-ups must fail fast instead of waiting.
 echo "import os; os.environ.setdefault('HF_HUB_OFFLINE', '1')" > "$SITE/seg4seg_offline.pth"
+# Pinned CPU kernels (AVX2 at most, MKL reproducibility mode) for every process of this environment, set at
+# interpreter start-up so that they are in force before torch loads: see seg4seg_utils/kernels.py.
+"$VENV/bin/python" -c "from seg4seg_utils.kernels import KERNEL_ENV; print('import os; ' + '; '.join(f'os.environ.setdefault({k!r}, {v!r})' for k, v in KERNEL_ENV.items()))" > "$SITE/seg4seg_kernels.pth"
 
 # torchvision on CPU torch: only install the shim where the plain import actually fails.
 rm -f "$SITE/seg4seg_torchvision_shim.pth" "$SITE/_seg4seg_torchvision_cpu_shim.py"

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                           "ImageNet EfficientNet-Lite0 is used (and named as such in every output)")
     run.add_argument("--cache", default="cache/embeddings", help="embedding cache folder")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--jobs", type=int, default=2, metavar="N",
+                     help="parallel embedding/slicer jobs (default 2); never changes a result, see seg4seg_utils.kernels")
     _add_backend_arguments(run)
     nbs = sub.add_parser("notebooks", help="execute (or parameterise) the notebook collection with a preset")
     nbs.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
     _add_backend_arguments(nbs)
     sub.add_parser("book", help="build the HTML book from the executed notebooks in book/executed/")
+    cmp_ = sub.add_parser("compare", help="diff the results of two job roots (each holding results/ and runs/)")
+    cmp_.add_argument("a", help="first job root")
+    cmp_.add_argument("b", help="second job root")
+    cmp_.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     return parser
 
 
@@ -84,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             paths = run_job(args.preset, args.data, args.results, args.runs, real_root=args.real, until=args.until,
-                            clip_weights=args.clip_weights, cache_dir=args.cache, progress=not args.no_progress)
+                            clip_weights=args.clip_weights, cache_dir=args.cache, progress=not args.no_progress,
+                            n_jobs=args.jobs)
         except (DatasetError, ValueError, TrainingSetupError, EmbedderUnavailable, FileNotFoundError) as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
@@ -111,6 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
         print(f"{len(written)} notebook(s) written to {args.out}")
+    if args.command == "compare":
+        from .compare import diff_job_outputs
+
+        diffs = diff_job_outputs(args.a, args.b, args.preset)
+        for line in diffs:
+            print(line)
+        print(f"{len(diffs)} difference(s) between {args.a} and {args.b} (preset {args.preset})"
+              + ("" if diffs else ": identical results"))
+        return 1 if diffs else 0
     if args.command == "book":
         from .book import build_book
 

@@ -127,8 +127,11 @@ class Embedder:
         return f"<{type(self).__name__}: {self.name}, dim {self.dim}, on {self.device}>"
 
     def key_fields(self) -> dict[str, Any]:
-        """What identifies this embedder's output in a cache key."""
-        return {"embedder": self.key_name, "weights_id": self.weights_id, "dim": self.dim}
+        """What identifies this embedder's output in a cache key (the numerics too: see :mod:`.kernels`)."""
+        from .kernels import EMBED_THREADS, kernel_key
+
+        return {"embedder": self.key_name, "weights_id": self.weights_id, "dim": self.dim,
+                "kernels": kernel_key(EMBED_THREADS) if self.device.type == "cpu" else self.device.type}
 
     def _prepare_batch(self, images: list[np.ndarray]):
         """Images -> a CPU tensor batch ready for ``_forward`` (subclasses)."""
@@ -142,10 +145,13 @@ class Embedder:
         """Embed images (uint8 HxW or HxWx3, any size) -> float32 (n, dim), in batches, without gradients."""
         import torch
 
+        from .kernels import EMBED_THREADS, pinned
+
         images = _image_list(images)
         bs = int(batch_size or self.batch_size)
         out = []
-        with torch.inference_mode():
+        # one intra-op thread, whatever the process or joblib worker was given: oneDNN's results depend on it
+        with torch.inference_mode(), pinned(EMBED_THREADS, self.device):
             for s in range(0, len(images), bs):
                 x = self._prepare_batch(images[s:s + bs]).to(self.device)
                 out.append(self._forward(x).float().cpu().numpy())
@@ -305,8 +311,10 @@ class ClipEmbedder(Embedder):
                 raise EmbedderUnavailable(f"the tokenizer of CLIP {self.model_name} could not be loaded offline "
                                           f"({type(exc).__name__}: {exc}); warm its Hugging Face cache on a machine "
                                           "with internet") from exc
+        from .kernels import EMBED_THREADS, pinned
+
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), pinned(EMBED_THREADS, self.device):
             for s in range(0, len(texts), self.batch_size):
                 tokens = self._tokenizer(texts[s:s + self.batch_size]).to(self.device)
                 out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy())

@@ -52,6 +52,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .data import DatasetError, SampleTable, assign_splits, build_dataset, config_hash, write_png
+from .kernels import kernel_report, pinned
 from .seeding import rng_for
 
 __all__ = [
@@ -425,8 +426,9 @@ def _run_root(table: SampleTable, cfg, runs_dir: Path, n_classes: int, name: str
     dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
                "name": Path(table.root).name}
     # "task" and "n_classes" keep multi-class runs apart from binary runs of the same TrainConfig
-    digest = config_hash({"train": asdict(cfg), "task": "multiclass", "n_classes": n_classes,
-                          "dataset_hash": dataset["config_hash"] or dataset["root"]})
+    from .train import run_hash_payload
+
+    digest = config_hash(run_hash_payload(cfg, dataset, task="multiclass", n_classes=n_classes))
     return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}-mc{n_classes}-{digest[:10]}", dataset
 
 
@@ -496,58 +498,60 @@ def train_multiclass(table: SampleTable, cfg, runs_dir: str | os.PathLike = "run
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model, init = _build(cfg, n_classes)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
-    if root.exists():
-        shutil.rmtree(root)  # an unfinished earlier attempt of this very run (no done.json)
-    root.mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "task": "multiclass", "n_classes": n_classes,
-                                                  "dataset": dataset, "initialisation": init, "device": str(device)},
-                                                 indent=2))
-    if progress:
-        print(f"[seg4seg] training multi-class ({n_classes} classes) {root} on {device}; encoder {cfg.encoder}: {init}")
-    x_tr, y_tr = (torch.from_numpy(a) for a in _load_arrays(train_t, cfg.image_size, n_classes, cfg.num_workers))
-    x_va, y_va = (torch.from_numpy(a) for a in _load_arrays(val_t, cfg.image_size, n_classes, cfg.num_workers))
-    steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
-    n_seen = min(len(x_tr), steps * cfg.batch_size)
-    history, best = [], -1.0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_tr), generator=gen)
-        total = 0.0
-        for b in range(steps):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x, y = _augment(_normalise(x_tr[idx], device, cfg.encoder), y_tr[idx].to(device), cfg, gen, n_classes)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x).float(), y)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        val_loss, val_dice = _evaluate(model, x_va, y_va, cfg, device, n_classes)
-        history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss,
-                        "val_dice_classes": val_dice, "seconds": time.perf_counter() - t0})
+    with pinned(cfg.threads, device):  # thread count and kernels fixed: see seg4seg_utils.kernels
+        model, init = _build(cfg, n_classes)
+        model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
+        if root.exists():
+            shutil.rmtree(root)  # an unfinished earlier attempt of this very run (no done.json)
+        root.mkdir(parents=True)
+        (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "task": "multiclass", "n_classes": n_classes,
+                                                      "dataset": dataset, "initialisation": init, "device": str(device),
+                                                      "kernels": kernel_report(cfg.threads)},
+                                                     indent=2))
         if progress:
-            print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
-                  f"val class Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
-        if val_dice > best:
-            best = val_dice
-            _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
-        pd.DataFrame(history).to_csv(root / "history.csv", index=False)
-    state = torch.load(root / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    metrics = _predict(model, table.split("test"), cfg, device, root, n_classes)
-    metrics.to_csv(root / "metrics.csv", index=False)
-    summary = {"best_epoch": int(state["epoch"]), "best_val_dice_classes": float(state["val_dice"]),
-               "test_dice_fg": float(metrics["dice_fg"].mean()),
-               "test_dice_classes": float(metrics["dice_classes"].mean()),
-               "test_flip_rate": float(metrics["flip_rate"].mean()), "n_classes": n_classes, "initialisation": init,
-               "device": str(device), "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
-    (root / "done.json").write_text(json.dumps(summary, indent=2))
-    return run
+            print(f"[seg4seg] training multi-class ({n_classes} classes) {root} on {device}; encoder {cfg.encoder}: {init}")
+        x_tr, y_tr = (torch.from_numpy(a) for a in _load_arrays(train_t, cfg.image_size, n_classes, cfg.num_workers))
+        x_va, y_va = (torch.from_numpy(a) for a in _load_arrays(val_t, cfg.image_size, n_classes, cfg.num_workers))
+        steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
+        n_seen = min(len(x_tr), steps * cfg.batch_size)
+        history, best = [], -1.0
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(x_tr), generator=gen)
+            total = 0.0
+            for b in range(steps):
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x, y = _augment(_normalise(x_tr[idx], device, cfg.encoder), y_tr[idx].to(device), cfg, gen, n_classes)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x).float(), y)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            val_loss, val_dice = _evaluate(model, x_va, y_va, cfg, device, n_classes)
+            history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss,
+                            "val_dice_classes": val_dice, "seconds": time.perf_counter() - t0})
+            if progress:
+                print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
+                      f"val class Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
+            if val_dice > best:
+                best = val_dice
+                _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
+            pd.DataFrame(history).to_csv(root / "history.csv", index=False)
+        state = torch.load(root / "best.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        metrics = _predict(model, table.split("test"), cfg, device, root, n_classes)
+        metrics.to_csv(root / "metrics.csv", index=False)
+        summary = {"best_epoch": int(state["epoch"]), "best_val_dice_classes": float(state["val_dice"]),
+                   "test_dice_fg": float(metrics["dice_fg"].mean()),
+                   "test_dice_classes": float(metrics["dice_classes"].mean()),
+                   "test_flip_rate": float(metrics["flip_rate"].mean()), "n_classes": n_classes, "initialisation": init,
+                   "device": str(device), "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
+        (root / "done.json").write_text(json.dumps(summary, indent=2))
+        return run
 
 
 def _predict(model, table: SampleTable, cfg, device, root: Path, n_classes: int) -> pd.DataFrame:

@@ -324,7 +324,7 @@ def attribute_study(table: SampleTable, attribute: Callable[[pd.DataFrame], np.n
 def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results_dir: str | Path = "results",
             runs_dir: str | Path = "runs", real_root: str | Path | None = None, until: str = "detect",
             clip_weights: str | None = None, cache_dir: str | Path = "cache/embeddings",
-            progress: bool = True) -> dict[str, Path]:
+            progress: bool = True, n_jobs: int = 2) -> dict[str, Path]:
     """The README's main job: data, one model per injected dataset, then the detection-rate benchmark.
 
     ``until`` stops early: ``"data"`` (clean + injected datasets and their summary), ``"train"`` (also the
@@ -346,6 +346,6 @@ def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results
 
         out = Path(results_dir) / p.name / "detection"
         detection_benchmark(grid, gaps, p, out, embedder=default_embedder(clip_weights), cache_dir=cache_dir,
-                            progress=progress)
+                            n_jobs=n_jobs, progress=progress)
         paths.update({"detection": out / "detection_rates.md", "detection_heatmap": out / "detection_heatmap.png"})
     return paths

@@ -27,9 +27,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import DatasetError, SampleTable, config_hash, write_png
+from .kernels import kernel_report, pinned
 from .metrics import metrics_table
 
-__all__ = ["TrainingSetupError", "TrainConfig", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
+__all__ = ["TrainingSetupError", "TrainConfig", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
            "build_model", "Run", "train", "predict_split"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                   # auto | cpu | cuda | mps
     num_workers: int = 0                   # image decoding threads; 0 = one per CPU core
+    threads: int | None = 2                # torch intra-op threads on CPU: fixed, because the weights depend on it
+                                           # (None = torch's default, then results follow OMP_NUM_THREADS)
     threshold: float = 0.5
     max_train_samples: int | None = None   # subsample the training split (tests, quick looks)
 
@@ -71,6 +74,7 @@ class TrainConfig:
             (0 < self.threshold < 1, "threshold must lie in (0, 1)"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.threads is None or self.threads >= 1, "threads must be None or >= 1"),
             (len(self.decoder_channels) == 5 and min(self.decoder_channels) >= 1,
              "decoder_channels must be five positive integers"),
             (self.max_train_samples is None or self.max_train_samples >= 1, "max_train_samples must be >= 1"),
@@ -245,8 +249,19 @@ class Run:
 def _run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | None) -> tuple[Path, dict[str, Any]]:
     dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
                "name": Path(table.root).name}
-    digest = config_hash({"train": asdict(cfg), "dataset_hash": dataset["config_hash"] or dataset["root"]})
+    digest = config_hash(run_hash_payload(cfg, dataset))
     return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}-{digest[:10]}", dataset
+
+
+def run_hash_payload(cfg: TrainConfig, dataset: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """What a run's folder hash is computed from: the config, the dataset and (when not the default) the
+    kernel mode, since portable kernels train different weights (see :mod:`seg4seg_utils.kernels`)."""
+    from .kernels import kernel_mode
+
+    payload = {"train": asdict(cfg), **extra, "dataset_hash": dataset["config_hash"] or dataset["root"]}
+    if kernel_mode() != "pinned":
+        payload["kernels"] = kernel_mode()
+    return payload
 
 
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -306,83 +321,85 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    model, init = build_model(cfg)
-    model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler(enabled=amp)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    with pinned(cfg.threads, device):  # thread count and kernels fixed: see seg4seg_utils.kernels
+        model, init = build_model(cfg)
+        model.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scaler = torch.amp.GradScaler(enabled=amp)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "dataset": dataset, "initialisation": init,
-                                                  "device": str(device)}, indent=2))
-    history: list[dict[str, Any]] = []
-    start_epoch, best = 1, -1.0
-    if (root / "last.pt").is_file():  # resume an interrupted run exactly where it stopped
-        state = torch.load(root / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        print(f"[seg4seg] resuming {root.name} from epoch {state['epoch']}")
-    else:
-        print(f"[seg4seg] training {root} on {device}; encoder {cfg.encoder}: {init}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "dataset": dataset, "initialisation": init,
+                                                      "device": str(device),
+                                                      "kernels": kernel_report(cfg.threads)}, indent=2))
+        history: list[dict[str, Any]] = []
+        start_epoch, best = 1, -1.0
+        if (root / "last.pt").is_file():  # resume an interrupted run exactly where it stopped
+            state = torch.load(root / "last.pt", map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+            print(f"[seg4seg] resuming {root.name} from epoch {state['epoch']}")
+        else:
+            print(f"[seg4seg] training {root} on {device}; encoder {cfg.encoder}: {init}")
 
-    x_tr, y_tr = (torch.from_numpy(a) for a in load_arrays(train_t, cfg.image_size, cfg.num_workers, "train"))
-    x_va, y_va = (torch.from_numpy(a) for a in load_arrays(val_t, cfg.image_size, cfg.num_workers, "val"))
-    # a trailing batch of one sample would break BatchNorm (and carries little signal): drop it
-    steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
-    n_seen = min(len(x_tr), steps * cfg.batch_size)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        # every epoch's shuffling and augmentation depend only on (seed, epoch): resuming reproduces them
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_tr), generator=gen)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-        total = 0.0
-        for b in bar:
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _normalise(x_tr[idx], device, cfg.encoder)
-            y = y_tr[idx].to(device).float()
-            x, y = augment_batch(x, y, cfg, gen)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                loss = loss_fn(model(x).float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step_loss = loss.item()
-            total += step_loss * len(idx)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-        val_loss, val_dice, _ = _evaluate(model, x_va, y_va, cfg, device, amp)
-        history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss, "val_dice": val_dice,
-                        "seconds": time.perf_counter() - t0})
-        if progress:
-            print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
-                  f"val Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
-        if val_dice > best:
-            best = val_dice
-            _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
-        _save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                                            "best": best})
-        pd.DataFrame(history).to_csv(root / "history.csv", index=False)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
-            return run
+        x_tr, y_tr = (torch.from_numpy(a) for a in load_arrays(train_t, cfg.image_size, cfg.num_workers, "train"))
+        x_va, y_va = (torch.from_numpy(a) for a in load_arrays(val_t, cfg.image_size, cfg.num_workers, "val"))
+        # a trailing batch of one sample would break BatchNorm (and carries little signal): drop it
+        steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
+        n_seen = min(len(x_tr), steps * cfg.batch_size)
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            # every epoch's shuffling and augmentation depend only on (seed, epoch): resuming reproduces them
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(x_tr), generator=gen)
+            bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+            total = 0.0
+            for b in bar:
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x = _normalise(x_tr[idx], device, cfg.encoder)
+                y = y_tr[idx].to(device).float()
+                x, y = augment_batch(x, y, cfg, gen)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, enabled=amp):
+                    loss = loss_fn(model(x).float(), y)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step_loss = loss.item()
+                total += step_loss * len(idx)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+            val_loss, val_dice, _ = _evaluate(model, x_va, y_va, cfg, device, amp)
+            history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss, "val_dice": val_dice,
+                            "seconds": time.perf_counter() - t0})
+            if progress:
+                print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
+                      f"val Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
+            if val_dice > best:
+                best = val_dice
+                _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
+            _save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
+                                                "best": best})
+            pd.DataFrame(history).to_csv(root / "history.csv", index=False)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+                return run
 
-    best_state = torch.load(root / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best_state["model"])
-    metrics = predict_split(model, table.split("test"), cfg, device, root / "predictions", progress=progress)
-    metrics.to_csv(root / "metrics.csv", index=False)
-    summary = {"best_epoch": int(best_state["epoch"]), "best_val_dice": float(best_state["val_dice"]),
-               "test_dice": float(metrics["dice"].mean()), "initialisation": init, "device": str(device),
-               "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
-    (root / "done.json").write_text(json.dumps(summary, indent=2))
-    return run
+        best_state = torch.load(root / "best.pt", map_location=device, weights_only=False)
+        model.load_state_dict(best_state["model"])
+        metrics = predict_split(model, table.split("test"), cfg, device, root / "predictions", progress=progress)
+        metrics.to_csv(root / "metrics.csv", index=False)
+        summary = {"best_epoch": int(best_state["epoch"]), "best_val_dice": float(best_state["val_dice"]),
+                   "test_dice": float(metrics["dice"].mean()), "initialisation": init, "device": str(device),
+                   "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
+        (root / "done.json").write_text(json.dumps(summary, indent=2))
+        return run
 
 
 def predict_split(model, table: SampleTable, cfg: TrainConfig, device, out_dir: Path | None = None,

@@ -254,12 +254,13 @@ def test_multiclass_training_refuses_binary_data(tmp_path, tiny_run):
 
 def test_binary_run_hashes_are_pinned():
     """Binary runs keep their folders: the main job's models must still be found (the label-flip work adds
-    nothing to TrainConfig). Pinned from the unmodified code, including the main job's case B 5 % model."""
+    nothing to TrainConfig). Pinned from the code at TrainConfig.threads' introduction (which deliberately moved
+    every hash: the thread count changes the weights), including the main job's case B 5 % model."""
     from seg4seg_utils.train import _run_root, train_preset
 
     table = SampleTable(Path("/nowhere/pinned"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
-    assert _run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-d6b7077101"
-    assert _run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-832f2e7842"
-    assert _run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-8f6f2985c3"
+    assert _run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-7653c81076"
+    assert _run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-e3a9c0b120"
+    assert _run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-d8d484fba3"
     case_b = SampleTable(Path("/x/B-p05-seed0"), pd.DataFrame(), {"config_hash": "d8784cd925910ba1"})
-    assert _run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-af3a5d0590"
+    assert _run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-2a55745853"

@@ -1,0 +1,118 @@
+"""The same seed gives the same numbers whatever the thread count and the number of parallel jobs.
+
+The end-to-end test runs the main job (smoke preset: data, 4 trained models, embeddings, the detection
+benchmark) twice in fresh processes, once with OMP_NUM_THREADS=1 and sequential jobs, once with
+OMP_NUM_THREADS=2 and two loky workers, and requires identical detection rows, gaps, per-image metrics and
+weights. With the thread pin removed (seg4seg_utils.kernels.pinned ignoring ``threads``) the same comparison
+found 44 differences (every model's weights and metrics): the test can fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seg4seg_utils import kernels
+from seg4seg_utils.compare import detection_rows, diff_job_outputs
+from seg4seg_utils.train import TrainConfig, train_preset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
+    root.mkdir(parents=True)
+    shutil.copytree(data, root / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads)}
+    env.pop("SEG4SEG_BACKEND", None)
+    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke",
+                             "--data", str(root / "data"), "--results", str(root / "results"),
+                             "--runs", str(root / "runs"), "--cache", str(root / "cache"), "--no-progress",
+                             "--jobs", str(jobs)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("repro")
+    data = base / "shared-data"
+    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke", "--data", str(data),
+                             "--results", str(base / "data-results"), "--until", "data", "--no-progress"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _job(base / "one-thread", data, 1, 1), _job(base / "two-threads", data, 2, 2)
+
+
+@pytest.mark.slow
+def test_thread_count_and_jobs_do_not_change_any_result(two_jobs):
+    a, b = two_jobs
+    rows = detection_rows(a / "results" / "smoke" / "detection" / "detection_items.jsonl")
+    assert len(rows) == 4  # one slicer fit per case on smoke: the comparison below is not vacuous
+    assert sorted((a / "runs" / "smoke").glob("*/*/best.pt")), "no trained runs to compare"
+    assert diff_job_outputs(a, b, "smoke") == []
+
+
+@pytest.mark.slow
+def test_runs_record_the_numerics_they_used(two_jobs):
+    a, _ = two_jobs
+    config = json.loads(next((a / "runs" / "smoke").glob("*/*/config.json")).read_text())
+    assert config["kernels"]["threads"] == 2
+    assert config["kernels"]["mode"] == "pinned"
+    for key, value in kernels.KERNEL_ENV.items():
+        assert config["kernels"][key] == value
+
+
+def test_compare_finds_a_changed_value(two_jobs, tmp_path):
+    a, _ = two_jobs
+    shutil.copytree(a, tmp_path / "copy")
+    assert diff_job_outputs(a, tmp_path / "copy", "smoke") == []
+    det = tmp_path / "copy" / "results" / "smoke" / "detection" / "detection_items.jsonl"
+    rows = [json.loads(line) for line in det.read_text().splitlines()]
+    rows[0]["success"] = not rows[0]["success"]
+    rows[1]["seconds_fit"] = 1e9  # provenance: never a difference
+    det.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    diffs = diff_job_outputs(a, tmp_path / "copy", "smoke")
+    assert len(diffs) == 1 and "success" in diffs[0]
+
+
+def test_pinned_sets_and_restores_threads_and_onednn(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    monkeypatch.setenv("SEG4SEG_KERNELS", "portable")
+    with kernels.pinned(1):
+        assert torch.get_num_threads() == 1
+        assert torch.backends.mkldnn.enabled is False  # portable: convolutions through MKL, not oneDNN
+    assert (torch.get_num_threads(), torch.backends.mkldnn.enabled) == before
+    monkeypatch.setenv("SEG4SEG_KERNELS", "pinned")
+    with kernels.pinned(2):
+        assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled == before[1]
+    with kernels.pinned(3, device="cuda"):  # accelerators are left alone
+        assert torch.get_num_threads() == before[0]
+
+
+def test_kernel_mode_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("SEG4SEG_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="SEG4SEG_KERNELS"):
+        kernels.kernel_mode()
+
+
+def test_this_environment_runs_pinned_kernels():
+    """The project's .venv pins the kernels at start-up (scripts/setup_venv.sh), before torch loads."""
+    import torch
+
+    for key, value in kernels.KERNEL_ENV.items():
+        assert os.environ.get(key) == value, key
+    assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
+
+
+def test_thread_count_is_part_of_the_training_config():
+    assert train_preset("cpu").threads == 2
+    assert TrainConfig(threads=None).validate().threads is None
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0).validate()
