@@ -9,8 +9,11 @@ with AVX-512; see ``scripts/bench_kernels.py``):
   by ~1e-6 between 1 and 2 threads, which UMAP amplifies into different slices.
 - **Instruction set.** oneDNN and MKL choose kernels by the CPU's instruction set: AVX-512 and AVX2
   kernels give different weights. ATen's own kernels gave identical weights at ``avx2`` and ``avx512``.
-- **Not a source:** UMAP (numba) and the slicer's EM (numpy) gave bit-identical output across thread
-  counts, numba targets (host, haswell, generic) and numpy's SIMD levels.
+- **numpy's SIMD level (not pinned yet).** UMAP on the same embedding gives different coordinates when numpy
+  may not use its AVX-512 kernels (``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``, i.e. what an
+  AVX2-only CPU runs): max |dz| 5.1 for case B at 5 %, and all 5 of its detection rows changed (their verdict
+  did not). A model retrained under that imitation and one thread had bit-identical weights and metrics.
+- **Not a source:** UMAP and the slicer's EM across thread counts and numba targets (host, haswell, generic).
 
 What is pinned, therefore:
 
@@ -24,13 +27,14 @@ What is pinned, therefore:
    :data:`EMBED_THREADS` = 1 (parallelism comes from joblib workers, so n_jobs never changes a number).
 3. ``SEG4SEG_KERNELS=portable`` additionally switches oneDNN off, so convolutions run as im2col + MKL
    GEMM. MKL's reproducibility mode guarantees fixed cache sizes, deterministic reductions and static
-   scheduling, i.e. the same bits on any CPU with AVX2. It costs about 3x per training step.
+   scheduling, i.e. the same bits on any CPU with AVX2. It costs about 2.7x per training step.
 
 Guaranteed (tested in ``tests/test_reproducible.py``): for a seed, the same trained weights, embeddings and
 detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_jobs`` / joblib backend
-say. Expected but not proven in the default mode: the same bits on another x86-64 CPU (the instruction
-set is the same, but oneDNN may still block its loops by cache size); use ``portable`` when that matters.
-Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL versions.
+say. Across x86-64 CPUs: trained weights and embeddings are expected to match (measured under an imitated
+AVX2-only CPU on an AVX-512 machine; oneDNN may still block its loops by cache size, which ``portable``
+rules out), but detection rows do **not** yet match between AVX-512 and AVX2 machines, because numpy's
+SIMD level changes UMAP (see above). Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy versions.
 """
 from __future__ import annotations
 
