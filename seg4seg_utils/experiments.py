@@ -94,7 +94,9 @@ def load_run(run_root: str | os.PathLike):
 def _reduced(X: np.ndarray, method: str | None, n_components: int, seed: int,
              cache_dir: str | os.PathLike | None) -> np.ndarray:
     """UMAP/PCA of ``X``, cached on disk by content hash: settings that differ only after the reduction
-    (gamma, likelihood form, performance columns) share one UMAP fit per embedding and seed."""
+    (gamma, likelihood form, performance columns) share one UMAP fit per embedding and seed. The key names
+    the CPU numerics too (numpy's SIMD level moves UMAP: see :mod:`.kernels`)."""
+    from .kernels import kernel_key
     from .slicer import reduce_embeddings
 
     if cache_dir is None or method in (None, "none"):
@@ -102,7 +104,8 @@ def _reduced(X: np.ndarray, method: str | None, n_components: int, seed: int,
     import hashlib
 
     digest = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{method}{n_components}-seed{seed}-{digest}.npy"
+    numerics = hashlib.sha256(kernel_key(None).encode()).hexdigest()[:8]
+    path = Path(cache_dir) / f"{method}{n_components}-seed{seed}-{digest}-{numerics}.npy"
     if path.is_file():
         return np.load(path)
     Z = reduce_embeddings(X, method, n_components, seed)[1]

@@ -9,19 +9,23 @@ with AVX-512; see ``scripts/bench_kernels.py``):
   by ~1e-6 between 1 and 2 threads, which UMAP amplifies into different slices.
 - **Instruction set.** oneDNN and MKL choose kernels by the CPU's instruction set: AVX-512 and AVX2
   kernels give different weights. ATen's own kernels gave identical weights at ``avx2`` and ``avx512``.
-- **numpy's SIMD level (not pinned yet).** UMAP on the same embedding gives different coordinates when numpy
-  may not use its AVX-512 kernels (``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``, i.e. what an
-  AVX2-only CPU runs): max |dz| 5.1 for case B at 5 %, and all 5 of its detection rows changed (their verdict
-  did not). A model retrained under that imitation and one thread had bit-identical weights and metrics.
-- **Not a source:** UMAP and the slicer's EM across thread counts and numba targets (host, haswell, generic).
+- **numpy's SIMD level.** UMAP on the same embedding gives different coordinates when numpy may not use its
+  AVX-512 kernels (what an AVX2-only CPU runs): max |dz| 5.1 for case B at 5 %, and all 5 of its detection
+  rows changed (their verdict did not). numpy dispatches transcendental and reduction loops by CPU level.
+- **OpenBLAS's core type** (numpy's and scipy's BLAS) picks GEMM kernels by CPU; the workplace's machines set
+  ``OPENBLAS_CORETYPE=Haswell`` already, other machines would pick their own.
+- **numba's target.** UMAP's numba kernels use ``fastmath``, so the vector width LLVM chooses for the host CPU
+  may reorder sums; measured here it did not change UMAP, but the host differs between machines.
+- **Not a source:** UMAP and the slicer's EM across thread counts.
 
 What is pinned, therefore:
 
-1. The process environment (:data:`KERNEL_ENV`, set before torch is imported: by ``make``, by the
-   project's virtual environment at interpreter start-up, and by ``python -m seg4seg_utils``): oneDNN and
-   ATen capped at AVX2, MKL in conditional-numerical-reproducibility mode on its AVX2 branch. Every x86-64
-   CPU since 2013 runs these kernels; AVX-512 machines give up some speed (about 1.3x per training step
-   on the machine above).
+1. The process environment (:data:`KERNEL_ENV`, set before numpy or torch is imported: by the project's
+   virtual environment at interpreter start-up, and by ``python -m seg4seg_utils``, which restarts itself
+   with it when it is missing): oneDNN and ATen capped at AVX2, MKL in conditional-numerical-reproducibility
+   mode on its AVX2 branch, numpy without its AVX-512 dispatch targets, OpenBLAS on its Haswell kernels and
+   numba compiling for Haswell. Every x86-64 CPU since 2013 runs these kernels; AVX-512 machines give up
+   some speed (about 1.3x per training step on the machine above).
 2. The intra-op thread count inside every torch computation (:func:`pinned`): training uses
    ``TrainConfig.threads`` (2 by default; it is part of the run's config and hash), embedding uses
    :data:`EMBED_THREADS` = 1 (parallelism comes from joblib workers, so n_jobs never changes a number).
@@ -31,10 +35,10 @@ What is pinned, therefore:
 
 Guaranteed (tested in ``tests/test_reproducible.py``): for a seed, the same trained weights, embeddings and
 detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_jobs`` / joblib backend
-say. Across x86-64 CPUs: trained weights and embeddings are expected to match (measured under an imitated
-AVX2-only CPU on an AVX-512 machine; oneDNN may still block its loops by cache size, which ``portable``
-rules out), but detection rows do **not** yet match between AVX-512 and AVX2 machines, because numpy's
-SIMD level changes UMAP (see above). Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy versions.
+say. Across x86-64 CPUs with AVX2: the same numbers are expected, because every library above runs its
+AVX2 code path on every such CPU; measured by running the whole cpu main job under an imitated AVX2-only
+CPU on an AVX-512 machine (see the README). oneDNN may still block its loops by cache size, which
+``portable`` rules out. Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy/OpenBLAS versions.
 """
 from __future__ import annotations
 
@@ -44,15 +48,21 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["KERNEL_ENV", "MODES", "EMBED_THREADS", "pin_process_env", "kernel_mode", "pinned", "kernel_report",
-           "kernel_key"]
+__all__ = ["KERNEL_ENV", "MODES", "EMBED_THREADS", "pin_process_env", "missing_pins", "kernel_mode", "pinned",
+           "kernel_report", "numpy_simd", "kernel_key"]
 
 KERNEL_ENV: dict[str, str] = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",   # oneDNN's JIT kernels: AVX2 at most
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
     "MKL_CBWR": "AVX2",             # MKL conditional numerical reproducibility, AVX2 branch
+    # numpy 2.x's dispatch targets above AVX2 (X86_V3); disabling a target the CPU lacks is a silent no-op
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENBLAS_CORETYPE": "Haswell",  # numpy's and scipy's BLAS kernels (the workplace sets the same)
+    "NUMBA_CPU_NAME": "haswell",     # UMAP's numba kernels compiled for AVX2, not the host CPU
 }
 MODES = ("pinned", "portable")
+# numpy's dispatch levels that run the same code as an AVX2-only CPU (``baseline`` on CPUs without AVX2)
+SIMD_AT_MOST_AVX2 = ("X86_V3", "baseline", "X86_V2", "unknown")
 EMBED_THREADS = 1
 
 
@@ -64,6 +74,26 @@ def pin_process_env() -> dict[str, str]:
     for key, value in KERNEL_ENV.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in KERNEL_ENV}
+
+
+def missing_pins(environ: dict[str, str] | None = None) -> list[str]:
+    """The :data:`KERNEL_ENV` variables absent from ``environ`` (default: this process's environment).
+
+    numpy, OpenBLAS and numba read theirs once, when they load, so a process that lacks one must set it
+    and restart (``python -m seg4seg_utils`` does) rather than set it late.
+    """
+    environ = os.environ if environ is None else environ
+    return [key for key in KERNEL_ENV if key not in environ]
+
+
+def numpy_simd() -> str:
+    """numpy's highest active dispatch target, e.g. ``X86_V3`` when pinned (``X86_V4`` on AVX-512 unpinned)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy < 2 or a layout change: report that it is unknown rather than guess
+        return "unknown"
+    active = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    return active[-1] if active else "baseline"
 
 
 def kernel_mode() -> str:
@@ -114,15 +144,23 @@ def kernel_report(threads: int | None = None) -> dict[str, Any]:
 
     capability = torch.backends.cpu.get_cpu_capability()
     env = {key: os.environ.get(key) for key in KERNEL_ENV}
-    if capability.lower() not in ("avx2", "default") or env != KERNEL_ENV:
+    if capability.lower() not in ("avx2", "default") or env != KERNEL_ENV or numpy_simd() not in SIMD_AT_MOST_AVX2:
         warnings.warn(f"CPU kernels are not pinned (torch capability {capability}, environment {env}): results may "
                       "differ from another machine's. Run through `make`, the project's .venv or "
                       "`python -m seg4seg_utils`, or set " + " ".join(f"{k}={v}" for k, v in KERNEL_ENV.items())
                       + " before importing torch.", RuntimeWarning, stacklevel=2)
     return {"mode": kernel_mode(), "threads": threads, "torch_cpu_capability": capability, **env,
-            "torch": torch.__version__, "cpu": _cpu_name()}
+            "numpy_simd": numpy_simd(), "torch": torch.__version__, "cpu": _cpu_name()}
 
 
 def kernel_key(threads: int | None) -> str:
-    """A short tag of the numerics for cache keys: results computed under another tag are never reused."""
-    return f"{kernel_mode()}-t{threads if threads is not None else 'any'}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}"
+    """A short tag of the numerics for cache keys: results computed under another tag are never reused.
+
+    It names the torch kernel cap, numpy's SIMD level, OpenBLAS's core type and numba's target, so an
+    embedding or a UMAP fit cached by an unpinned process is never read by a pinned one (or vice versa).
+    """
+    torch_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+    blas = os.environ.get("OPENBLAS_CORETYPE", "native")
+    numba_cpu = os.environ.get("NUMBA_CPU_NAME", "host")
+    return (f"{kernel_mode()}-t{threads if threads is not None else 'any'}-{torch_isa}-np{numpy_simd()}"
+            f"-blas{blas}-numba{numba_cpu}")

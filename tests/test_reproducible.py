@@ -109,6 +109,38 @@ def test_this_environment_runs_pinned_kernels():
     for key, value in kernels.KERNEL_ENV.items():
         assert os.environ.get(key) == value, key
     assert torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
+    assert kernels.numpy_simd() in kernels.SIMD_AT_MOST_AVX2  # numpy's AVX-512 loops are off
+    import numba
+
+    assert numba.config.CPU_NAME == "haswell"
+
+
+def test_cache_keys_name_numpys_simd_level():
+    assert f"np{kernels.numpy_simd()}" in kernels.kernel_key(1)
+    assert "blasHaswell" in kernels.kernel_key(None) and "numbahaswell" in kernels.kernel_key(None)
+
+
+def test_module_entry_point_restarts_itself_when_the_pins_are_missing(monkeypatch):
+    """numpy reads its SIMD setting once, at import: ``python -m seg4seg_utils`` must restart, not set it late."""
+    import runpy
+
+    class Restarted(Exception):
+        pass
+
+    def fake_execve(path, argv, env):
+        raise Restarted(argv, env)
+
+    for key in kernels.KERNEL_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("SEG4SEG_PINNED_RESTART", raising=False)
+    monkeypatch.setattr(os, "execve", fake_execve)
+    monkeypatch.setattr(sys, "argv", ["seg4seg_utils", "compare", "a", "b"])
+    with pytest.raises(Restarted) as restarted:
+        runpy.run_module("seg4seg_utils", run_name="__main__")
+    argv, env = restarted.value.args
+    assert argv[1:] == ["-m", "seg4seg_utils", "compare", "a", "b"]
+    assert all(env[key] == value for key, value in kernels.KERNEL_ENV.items())
+    assert kernels.missing_pins(env) == [] and kernels.missing_pins({}) == list(kernels.KERNEL_ENV)
 
 
 def test_thread_count_is_part_of_the_training_config():
