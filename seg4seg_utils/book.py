@@ -11,11 +11,21 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["NOTEBOOK_DIR", "notebooks", "preset_parameters", "run_notebooks", "build_book"]
+__all__ = ["NOTEBOOK_DIR", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks", "build_book"]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 _NUMBERED = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
+
+
+class NotebookFailures(RuntimeError):
+    """Some notebooks raised; the others ran. ``failed`` maps each failed notebook's executed copy to its error."""
+
+    def __init__(self, failed: dict[Path, str], written: list[Path]):
+        self.failed, self.written = failed, written
+        lines = "\n".join(f"  {path.name}: {error}" for path, error in failed.items())
+        super().__init__(f"{len(failed)} of {len(written)} notebook(s) failed (the executed copies show the failing "
+                         f"cell; the other notebooks ran):\n{lines}")
 
 
 def notebooks(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
@@ -33,30 +43,39 @@ def preset_parameters(preset: str, folder: str | os.PathLike = NOTEBOOK_DIR, **o
 
 
 def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] | None = None,
-                  prepare_only: bool = False, progress: bool = True, **overrides: Any) -> list[Path]:
+                  prepare_only: bool = False, progress: bool = True, folder: str | os.PathLike = NOTEBOOK_DIR,
+                  **overrides: Any) -> list[Path]:
     """Execute (or, ``prepare_only``, just parameterise) every notebook with the preset into ``out_dir``.
 
     Sources are never modified: executed copies go to ``out_dir`` under the same names. Notebooks run with
     the repository root as working directory, so the relative data/results/runs paths are the CLI's.
+    A notebook that raises does not stop the others (a failed check in one chapter should not hide the rest):
+    they all run, then :class:`NotebookFailures` names every one that failed.
     """
     import papermill as pm
 
     out = Path(out_dir).resolve()
-    if out == NOTEBOOK_DIR.resolve():
+    if out == Path(folder).resolve():
         raise ValueError("out_dir must not be the notebooks/ source folder: executed copies never overwrite sources")
     out.mkdir(parents=True, exist_ok=True)
-    params = preset_parameters(preset, **overrides)
-    chosen = [nb for nb in notebooks() if not only or any(nb.name.startswith(o) for o in only)]
-    written = []
+    params = preset_parameters(preset, folder, **overrides)
+    chosen = [nb for nb in notebooks(folder) if not only or any(nb.name.startswith(o) for o in only)]
+    written, failed = [], {}
     for nb in chosen:
         t0 = time.perf_counter()
         target = out / nb.name
-        pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
-                            progress_bar=False, kernel_name="python3", log_output=False)
+        try:
+            pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
+                                progress_bar=False, kernel_name="python3", log_output=False)
+        except pm.PapermillExecutionError as exc:
+            failed[target] = f"{exc.ename}: {exc.evalue}".strip()[:500]
         _fold_injected_parameters(target)
         if progress and not prepare_only:
-            print(f"[seg4seg] {nb.name} ({preset}) ran in {time.perf_counter() - t0:.0f} s -> {target}")
+            status = "FAILED" if target in failed else "ran"
+            print(f"[seg4seg] {nb.name} ({preset}) {status} in {time.perf_counter() - t0:.0f} s -> {target}")
         written.append(target)
+    if failed:
+        raise NotebookFailures(failed, written)
     return written
 
 

@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "notebooks":
         import yaml
 
-        from .book import run_notebooks
+        from .book import NotebookFailures, run_notebooks
 
         overrides = {}
         for item in args.set:
@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
+        except NotebookFailures as exc:
+            print(f"seg4seg: {exc}", file=sys.stderr)
+            return 1
         print(f"{len(written)} notebook(s) written to {args.out}")
     if args.command == "compare":
         from .compare import diff_job_outputs

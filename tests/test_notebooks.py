@@ -63,3 +63,25 @@ def test_papermill_injects_parameters_and_never_touches_sources(tmp_path):
     assert {p: p.read_bytes() for p in NOTEBOOKS} == before
     with pytest.raises(ValueError, match="never overwrite sources"):
         run_notebooks("smoke", NOTEBOOK_DIR, prepare_only=True)
+
+
+def test_a_failing_notebook_does_not_stop_the_others(tmp_path):
+    """Every notebook runs; the failures are named together at the end (a failed check hides no chapter)."""
+    import nbformat
+
+    from seg4seg_utils.book import NotebookFailures
+
+    src = tmp_path / "src"
+    (src / "params").mkdir(parents=True)
+    (src / "params" / "smoke.yaml").write_text("PRESET: smoke\n")
+    for name, code in [("01_fails.ipynb", "assert PRESET == 'cpu', 'claim does not hold'"),
+                       ("02_runs.ipynb", "ok = PRESET")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('PRESET = "cpu"', metadata={"tags": ["parameters"]}),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, src / name)
+    with pytest.raises(NotebookFailures, match="claim does not hold") as failures:
+        run_notebooks("smoke", tmp_path / "out", folder=src, progress=False)
+    assert [p.name for p in failures.value.failed] == ["01_fails.ipynb"]
+    assert [p.name for p in failures.value.written] == ["01_fails.ipynb", "02_runs.ipynb"]
+    assert (tmp_path / "out" / "02_runs.ipynb").is_file()
