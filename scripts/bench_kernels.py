@@ -1,17 +1,21 @@
-"""Which CPU numerics make training reproducible, and what each costs: weights digest and time per step.
+"""Which CPU numerics make results reproducible, and what each costs: a digest of the result and the time.
 
-    .venv/bin/python scripts/bench_kernels.py [--steps 12] [--repeats 3]
+    .venv/bin/python scripts/bench_kernels.py [--stage train|umap] [--steps 12] [--repeats 3]
+
+``--stage train`` (default) times U-Net training steps; ``--stage umap`` times one UMAP fit to 8-d (the
+slicer's reduction) on a fixed 200 x 1280 embedding with four planted groups, after a warm-up fit in the
+same process (numba compiles on the first), and digests its coordinates.
 
 Each configuration runs in a fresh process (kernel choices are fixed when torch loads): the cpu preset's
 U-Net, Adam, ``--steps`` steps of batch 16 at 96 px on seeded random data (the same for every run), after
 two warm-up steps. Configurations:
 
-- ``native``: torch's defaults (oneDNN at the CPU's best instruction set, threads = OMP_NUM_THREADS);
-- ``pinned``: the project's default (oneDNN and ATen capped at AVX2, MKL reproducibility mode; see
-  ``seg4seg_utils/kernels.py``);
+- ``native``: the libraries' defaults (oneDNN and numpy at the CPU's best instruction set, numba compiling
+  for the host CPU, threads = OMP_NUM_THREADS; OpenBLAS's core type as the machine's environment says);
+- ``pinned``: the project's default (:data:`seg4seg_utils.kernels.KERNEL_ENV`: oneDNN and ATen capped at
+  AVX2, MKL reproducibility mode, numpy without AVX-512, OpenBLAS Haswell, numba haswell);
 - ``portable``: pinned and without oneDNN (convolutions as im2col + MKL GEMM);
-- ``imitate-avx2``: pinned plus the variables that make the unpinned libraries behave as on an AVX2-only
-  CPU (MKL_ENABLE_INSTRUCTIONS, numpy's NPY_DISABLE_CPU_FEATURES, numba's NUMBA_CPU_NAME).
+- ``imitate-avx2``: pinned plus ``MKL_ENABLE_INSTRUCTIONS=AVX2``, what an AVX2-only CPU would run.
 
 each at 1 and 2 threads. Same digest = same weights to the last bit. Quote times as ratios against
 ``native`` on the same machine: machines of the same kind differ about 2.6x in speed.
@@ -25,10 +29,12 @@ import statistics
 import subprocess
 import sys
 
-NATIVE = {"ONEDNN_MAX_CPU_ISA": "", "ATEN_CPU_CAPABILITY": "", "MKL_CBWR": ""}  # empty = the library's own choice
-PINNED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
-IMITATE_AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "NUMBA_CPU_NAME": "haswell",
-                "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+from seg4seg_utils.kernels import KERNEL_ENV  # noqa: E402  (children get their environment before they start)
+
+# empty = the library's own choice; OpenBLAS's core type stays as the machine's environment has it
+NATIVE = {key: os.environ.get(key, "") if key == "OPENBLAS_CORETYPE" else "" for key in KERNEL_ENV}
+PINNED = dict(KERNEL_ENV)
+IMITATE_AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 CONFIGS = {"native": (NATIVE, "pinned"), "pinned": (PINNED, "pinned"), "portable": (PINNED, "portable"),
            "imitate-avx2": ({**PINNED, **IMITATE_AVX2}, "pinned")}
 
@@ -68,33 +74,58 @@ def child(steps: int, threads: int) -> dict:
                 "capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def umap_child() -> dict:
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from seg4seg_utils.kernels import numpy_simd
+    from seg4seg_utils.slicer import reduce_embeddings
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 1280))
+    X = (np.repeat(centres, 50, axis=0) + rng.normal(size=(200, 1280))).astype(np.float32)
+    reduce_embeddings(X, "umap", 8, 1)  # warm-up: numba compiles (or loads its cache) here
+    t0 = time.perf_counter()
+    Z = reduce_embeddings(X, "umap", 8, 0)[1]
+    seconds = time.perf_counter() - t0
+    return {"digest": hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()[:12],
+            "ms_per_step": 1000 * seconds, "capability": f"numpy {numpy_simd()}"}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=("train", "umap"), default="train")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3, help="processes per configuration (times: median of them)")
     ap.add_argument("--child", nargs=2, type=str, metavar=("STEPS", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(int(args.child[0]), int(args.child[1]))))
+        result = umap_child() if args.stage == "umap" else child(int(args.child[0]), int(args.child[1]))
+        print(json.dumps(result))
         return
     from seg4seg_utils.kernels import kernel_report
 
     print(f"CPU: {kernel_report()['cpu']}")
     rows = []
     for name, (env_over, mode) in CONFIGS.items():
+        if args.stage == "umap" and mode == "portable":
+            continue  # portable changes torch's convolutions only
         for threads in (1, 2):
             env = {**os.environ, **env_over, "SEG4SEG_KERNELS": mode, "OMP_NUM_THREADS": str(threads)}
             runs = []
             for _ in range(args.repeats):
-                out = subprocess.run([sys.executable, __file__, "--child", str(args.steps), str(threads)], env=env,
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run([sys.executable, __file__, "--stage", args.stage, "--child", str(args.steps),
+                                      str(threads)], env=env, capture_output=True, text=True, check=True).stdout
                 runs.append(json.loads(out.strip().splitlines()[-1]))
             digests = {r["digest"] for r in runs}
             rows.append({"config": name, "threads": threads, "digest": "/".join(sorted(digests)),
                          "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
                          "capability": runs[0]["capability"]})
     base = next(r["ms_per_step"] for r in rows if r["config"] == "native" and r["threads"] == 2)
-    print(f"{'config':<14}{'threads':>8}  {'torch kernels':<14}{'weights digest':<16}{'ms/step':>9}{'x native-2':>11}")
+    unit = "ms/fit" if args.stage == "umap" else "ms/step"
+    print(f"{'config':<14}{'threads':>8}  {'kernels':<14}{'result digest':<16}{unit:>9}{'x native-2':>11}")
     for r in rows:
         print(f"{r['config']:<14}{r['threads']:>8}  {r['capability']:<14}{r['digest']:<16}{r['ms_per_step']:>9.0f}"
               f"{r['ms_per_step'] / base:>11.2f}")

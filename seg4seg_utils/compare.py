@@ -4,6 +4,8 @@
 ``results/`` and ``runs/`` folders of one ``python -m seg4seg_utils run`` (e.g. two fresh clones), and lists
 every difference in:
 
+- every generated or injected dataset (``data/<preset>/**/samples.csv`` and the bytes of every image and
+  mask it lists), when the job roots hold their own ``data/``;
 - the detection benchmark's rows (``results/<preset>/detection/detection_items.jsonl``), matched by item key;
 - the subgroup-gap table (``results/<preset>/training/gaps.csv``);
 - every trained run's per-image test metrics (``runs/<preset>/**/metrics.csv``) and best-epoch weights.
@@ -20,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PROVENANCE", "ITEM_IDENTITY", "detection_rows", "weights_digest", "diff_job_outputs"]
+__all__ = ["PROVENANCE", "ITEM_IDENTITY", "detection_rows", "weights_digest", "dataset_digest", "diff_job_outputs"]
 
 PROVENANCE = ("key", "seconds_reduce", "seconds_fit", "worker", "started", "path", "run", "run_root",
               "dataset_root", "seconds", "train_seconds", "wall_seconds_this_call")
@@ -59,6 +61,27 @@ def weights_digest(checkpoint: str | Path) -> str:
     return h.hexdigest()
 
 
+def dataset_digest(folder: str | Path) -> str:
+    """SHA-256 of a record-format dataset: its ``samples.csv`` and the bytes of every image and mask it lists."""
+    folder = Path(folder)
+    table = pd.read_csv(folder / "samples.csv")
+    h = hashlib.sha256((folder / "samples.csv").read_bytes())
+    for column in ("image", "mask"):
+        for rel in table[column].dropna():
+            h.update((folder / rel).read_bytes())
+    return h.hexdigest()
+
+
+def _dataset_diff(a: Path, b: Path, preset: str) -> list[str]:
+    sets_a = {p.parent.relative_to(a): p.parent for p in (a / "data" / preset).glob("**/samples.csv")}
+    sets_b = {p.parent.relative_to(b): p.parent for p in (b / "data" / preset).glob("**/samples.csv")}
+    diffs = [f"{rel}: dataset in only one of the two" for rel in sorted(set(sets_a) ^ set(sets_b))]
+    for rel in sorted(set(sets_a) & set(sets_b)):
+        if dataset_digest(sets_a[rel]) != dataset_digest(sets_b[rel]):
+            diffs.append(f"{rel}: dataset differs (samples.csv or image/mask bytes)")
+    return diffs
+
+
 def _frame_diff(a: pd.DataFrame, b: pd.DataFrame, what: str) -> list[str]:
     a = a.drop(columns=[c for c in PROVENANCE if c in a.columns])
     b = b.drop(columns=[c for c in PROVENANCE if c in b.columns])
@@ -78,7 +101,7 @@ def _frame_diff(a: pd.DataFrame, b: pd.DataFrame, what: str) -> list[str]:
 def diff_job_outputs(a: str | Path, b: str | Path, preset: str = "cpu") -> list[str]:
     """Every difference between the results of two job roots (see the module docstring); [] when identical."""
     a, b = Path(a), Path(b)
-    diffs: list[str] = []
+    diffs: list[str] = _dataset_diff(a, b, preset)
     det = Path("results") / preset / "detection" / "detection_items.jsonl"
     if (a / det).is_file() or (b / det).is_file():
         if not ((a / det).is_file() and (b / det).is_file()):

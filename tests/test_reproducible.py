@@ -78,6 +78,10 @@ def test_compare_finds_a_changed_value(two_jobs, tmp_path):
     det.write_text("".join(json.dumps(r) + "\n" for r in rows))
     diffs = diff_job_outputs(a, tmp_path / "copy", "smoke")
     assert len(diffs) == 1 and "success" in diffs[0]
+    mask = next((tmp_path / "copy" / "data" / "smoke").glob("injected/*/masks/*.png"))
+    mask.write_bytes(mask.read_bytes() + b"\0")  # one injected mask changed: the dataset's digest must see it
+    diffs = diff_job_outputs(a, tmp_path / "copy", "smoke")
+    assert len(diffs) == 2 and any("dataset differs" in d and "injected" in d for d in diffs), diffs
 
 
 def test_pinned_sets_and_restores_threads_and_onednn(monkeypatch):
@@ -148,3 +152,33 @@ def test_thread_count_is_part_of_the_training_config():
     assert TrainConfig(threads=None).validate().threads is None
     with pytest.raises(ValueError, match="threads"):
         TrainConfig(threads=0).validate()
+
+
+# Reference digests, computed with the pinned numerics on a 2-core AVX-512 AMD EPYC. Every x86-64 CPU with AVX2
+# should give the same bits (the pins select the AVX2 code paths); without numpy's pin both digests change on an
+# AVX-512 machine (measured: the dermoscopy phantom and the UMAP coordinates differ). A failure here on another
+# machine means its numbers differ from the book's: report it with `lscpu`.
+GOLDEN_DERMOSCOPY = "c4534ef33f594f5b"  # 4 phantom dermoscopy images at 256 px, seed 0
+GOLDEN_UMAP = "e98c7ffee4e7c928"        # UMAP to 4-d of 60 points in 3 groups, seed 0
+
+
+def test_generated_data_match_the_reference_machine(tmp_path):
+    from seg4seg_utils.compare import dataset_digest
+    from seg4seg_utils.phantoms import generate_phantom_dataset
+
+    generate_phantom_dataset("dermoscopy", tmp_path / "d", 4, 256, seed=0, progress=False)
+    assert dataset_digest(tmp_path / "d")[:16] == GOLDEN_DERMOSCOPY, f"numpy SIMD level {kernels.numpy_simd()}"
+
+
+def test_umap_matches_the_reference_machine():
+    import hashlib
+
+    import numpy as np
+
+    from seg4seg_utils.slicer import reduce_embeddings
+
+    rng = np.random.default_rng(0)
+    X = (np.repeat(rng.normal(size=(3, 32)), 20, axis=0) + rng.normal(size=(60, 32))).astype(np.float32)
+    Z = reduce_embeddings(X, "umap", 4, 0)[1]
+    digest = hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()[:16]
+    assert digest == GOLDEN_UMAP, f"numpy SIMD level {kernels.numpy_simd()}"
