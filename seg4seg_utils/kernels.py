@@ -9,9 +9,14 @@ with AVX-512; see ``scripts/bench_kernels.py``):
   by ~1e-6 between 1 and 2 threads, which UMAP amplifies into different slices.
 - **Instruction set.** oneDNN and MKL choose kernels by the CPU's instruction set: AVX-512 and AVX2
   kernels give different weights. ATen's own kernels gave identical weights at ``avx2`` and ``avx512``.
-- **numpy's SIMD level.** UMAP on the same embedding gives different coordinates when numpy may not use its
-  AVX-512 kernels (what an AVX2-only CPU runs): max |dz| 5.1 for case B at 5 %, and all 5 of its detection
-  rows changed (their verdict did not). numpy dispatches transcendental and reduction loops by CPU level.
+- **numpy's SIMD level.** numpy dispatches its vectorised loops (transcendental functions, reductions) by
+  CPU level, and AVX-512 loops round differently from AVX2 ones. That changes the *generated data*: the
+  ultrasound and dermoscopy phantoms at 256 px differ byte for byte between numpy's ``AVX512_ICL`` and
+  ``X86_V3`` levels (fundus did not), so an AVX-512 and an AVX2-only machine trained different models from
+  the same seed. It also changes UMAP on the same embedding (max |dz| 5.1 for case B at 5 %; all 5 of its
+  detection rows moved). With numpy pinned, this AVX-512 machine reproduced two figures reported from an
+  AVX2-only machine exactly (see the README). ``tests/test_reproducible.py`` holds reference digests of a
+  generated phantom and a UMAP fit, which both change when the pin is removed.
 - **OpenBLAS's core type** (numpy's and scipy's BLAS) picks GEMM kernels by CPU; the workplace's machines set
   ``OPENBLAS_CORETYPE=Haswell`` already, other machines would pick their own.
 - **numba's target.** UMAP's numba kernels use ``fastmath``, so the vector width LLVM chooses for the host CPU
