@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
                          "capability": runs[0]["capability"]})
     base = next(r["ms_per_step"] for r in rows if r["config"] == "native" and r["threads"] == 2)
     unit = "ms/fit" if args.stage == "umap" else "ms/step"
-    print(f"{'config':<14}{'threads':>8}  {'kernels':<14}{'result digest':<16}{unit:>9}{'x native-2':>11}")
+    print(f"{'config':<14}{'threads':>8}  {'kernels':<18}{'result digest':<16}{unit:>9}{'x native-2':>11}")
     for r in rows:
-        print(f"{r['config']:<14}{r['threads']:>8}  {r['capability']:<14}{r['digest']:<16}{r['ms_per_step']:>9.0f}"
+        print(f"{r['config']:<14}{r['threads']:>8}  {r['capability']:<18}{r['digest']:<16}{r['ms_per_step']:>9.0f}"
               f"{r['ms_per_step'] / base:>11.2f}")
 
 
