@@ -41,8 +41,8 @@ What is pinned, therefore:
 Guaranteed (tested in ``tests/test_reproducible.py``): for a seed, the same trained weights, embeddings and
 detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_jobs`` / joblib backend
 say. Across x86-64 CPUs with AVX2: the same numbers are expected, because every library above runs its
-AVX2 code path on every such CPU; measured by running the whole cpu main job under an imitated AVX2-only
-CPU on an AVX-512 machine (see the README). oneDNN may still block its loops by cache size, which
+AVX2 code path on every such CPU; measured with a second cpu main job under one thread and an imitated
+AVX2-only MKL on an AVX-512 machine (identical datasets, models and detection rows; see the README). oneDNN may still block its loops by cache size, which
 ``portable`` rules out. Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy/OpenBLAS versions.
 """
 from __future__ import annotations
