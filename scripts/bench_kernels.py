@@ -47,7 +47,7 @@ def child(steps: int, threads: int) -> dict:
     import torch
 
     from seg4seg_utils.kernels import pinned
-    from seg4seg_utils.train import augment_batch, build_model, train_preset
+    from seg4seg_utils.model.train import augment_batch, build_model, train_preset
 
     cfg = train_preset("cpu")
     with pinned(threads):
@@ -81,7 +81,7 @@ def umap_child() -> dict:
     import numpy as np
 
     from seg4seg_utils.kernels import numpy_simd
-    from seg4seg_utils.slicer import reduce_embeddings
+    from seg4seg_utils.discovery.reduce import reduce_embeddings
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 1280))

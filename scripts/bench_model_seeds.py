@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def summarise(rows: pd.DataFrame, gaps: pd.DataFrame, model_seeds: list[int]) -> pd.DataFrame:
     """One row per case x prevalence: the rate over all fits (k, n, Wilson interval), then per model seed
     its rate, k, n and subgroup Dice gap (``rate_seed<s>``, ``k_seed<s>``, ``n_seed<s>``, ``gap_seed<s>``)."""
-    from seg4seg_utils.experiments import detection_table
+    from seg4seg_utils.studies.benchmark import detection_table
 
     keys = ["case", "prevalence"]
     table = detection_table(rows, by=keys)[keys + ["detection_rate", "k", "n", "ci_low", "ci_high"]]
@@ -92,9 +92,10 @@ def markdown(table: pd.DataFrame, model_seeds: list[int], title: str) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     from seg4seg_utils.config import get_preset
-    from seg4seg_utils.embed import default_embedder
-    from seg4seg_utils.experiments import SlicerSettings, benchmark_items, load_run, run_benchmark
-    from seg4seg_utils.pipeline import case_datasets, train_grid
+    from seg4seg_utils.discovery.embed import default_embedder
+    from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
+    from seg4seg_utils.discovery.judge import SlicerSettings
+    from seg4seg_utils.studies.pipeline import case_datasets, train_grid
 
     t0 = time.perf_counter()
     progress = not args.no_progress

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from seg4seg_utils.phantoms import MODALITIES
+from seg4seg_utils.data.phantoms import MODALITIES
 
 
 def throughput(name: str, size: int, rounds: int, per_round: int) -> list[float]:

@@ -4,14 +4,14 @@ Notebooks use ``import seg4seg_utils as su``; the light, commonly used functions
 Importing has no side effects (no environment changes, no heavy imports: torch loads only in the
 modules that train or embed).
 """
-from .config import PRESETS, Preset, environment_report, get_preset
-from .data import (SPLITS, DatasetError, SampleTable, assign_splits, build_dataset, read_dataset, read_image,
+from seg4seg_utils.config import PRESETS, Preset, environment_report, get_preset
+from seg4seg_utils.data.records import (SPLITS, DatasetError, SampleTable, assign_splits, build_dataset, read_dataset, read_image,
                    read_mask, validate_dataset)
-from .inject import CASES, Case, get_case, inject, injected_name
-from .metrics import METRICS, metrics_table, segmentation_metrics
-from .phantoms import MODALITIES, generate_phantom_dataset
-from .pipeline import base_datasets, case_datasets, run_data_job
-from .taxonomy import TAXONOMY, failure_type, taxonomy_table
+from seg4seg_utils.data.inject import CASES, Case, get_case, inject, injected_name
+from seg4seg_utils.model.metrics import METRICS, metrics_table, segmentation_metrics
+from seg4seg_utils.data.phantoms import MODALITIES, generate_phantom_dataset
+from seg4seg_utils.studies.pipeline import base_datasets, case_datasets, run_data_job
+from seg4seg_utils.data.taxonomy import TAXONOMY, failure_type, taxonomy_table
 
 __version__ = "0.1.0"
 

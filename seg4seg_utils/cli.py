@@ -6,8 +6,8 @@ import sys
 import time
 from typing import Sequence
 
-from .config import PRESETS
-from .data import DatasetError
+from seg4seg_utils.config import PRESETS
+from seg4seg_utils.data.records import DatasetError
 
 __all__ = ["main"]
 
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=None, choices=("loky", "threading", "dask", "ray"),
                         help="joblib backend for embedding extraction and slicer fits (default: local processes); "
-                             "dask/ray run them on a cluster, see seg4seg_utils.scaleout")
+                             "dask/ray run them on a cluster, see seg4seg_utils.studies.scaleout")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="with --backend dask: tcp://host:8786 for an existing cluster, or local:N to start N "
                              "local workers (default local:2); with ray: the cluster address")
@@ -63,7 +63,7 @@ def _export_backend(args: argparse.Namespace) -> None:
     """Set the scale-out variables, so this process and every notebook kernel it starts use the backend."""
     import os
 
-    from .scaleout import BACKEND_ENV, SCHEDULER_ENV
+    from seg4seg_utils.studies.scaleout import BACKEND_ENV, SCHEDULER_ENV
 
     if args.backend:
         os.environ[BACKEND_ENV] = args.backend
@@ -83,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
     if args.command == "run":
-        from .pipeline import run_job
-        from .embed import EmbedderUnavailable
-        from .train import TrainingSetupError
+        from seg4seg_utils.studies.pipeline import run_job
+        from seg4seg_utils.discovery.embed import EmbedderUnavailable
+        from seg4seg_utils.model.train import TrainingSetupError
 
         t0 = time.perf_counter()
         try:
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "notebooks":
         import yaml
 
-        from .book import NotebookFailures, run_notebooks
+        from seg4seg_utils.report.book import NotebookFailures, run_notebooks
 
         overrides = {}
         for item in args.set:
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"{len(written)} notebook(s) written to {args.out}")
     if args.command == "compare":
-        from .compare import diff_job_outputs
+        from seg4seg_utils.report.compare import diff_job_outputs
 
         diffs = diff_job_outputs(args.a, args.b, args.preset)
         for line in diffs:
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ("" if diffs else ": identical results"))
         return 1 if diffs else 0
     if args.command == "book":
-        from .book import build_book
+        from seg4seg_utils.report.book import build_book
 
         try:
             print(f"Book: {build_book()}")

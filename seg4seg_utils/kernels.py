@@ -20,7 +20,11 @@ with AVX-512; see ``scripts/bench_kernels.py``):
 - **OpenBLAS's core type** (numpy's and scipy's BLAS) picks GEMM kernels by CPU; the workplace's machines set
   ``OPENBLAS_CORETYPE=Haswell`` already, other machines would pick their own.
 - **numba's target.** UMAP's numba kernels use ``fastmath``, so the vector width LLVM chooses for the host CPU
-  may reorder sums; measured here it did not change UMAP, but the host differs between machines.
+  may reorder sums. ``NUMBA_CPU_NAME`` alone does not pin it: numba still adds the *host's* feature flags
+  (``+avx512f`` on an AVX-512 machine) unless ``NUMBA_CPU_FEATURES`` is set too. Measured: with only the name
+  pinned, the reference UMAP of ``tests/test_reproducible.py`` gave ``e98c7ffee4e7c928`` on an AVX-512 AMD
+  (Zen 5) and ``f64700af6b8cc1d4`` on an AVX2-only AMD (Zen 3); with the features pinned too, the Zen 3 gives
+  the same ``f64700af6b8cc1d4`` (its own features already are AVX2-level), which is now the reference.
 - **Not a source:** UMAP and the slicer's EM across thread counts.
 
 What is pinned, therefore:
@@ -56,6 +60,10 @@ from typing import Any, Iterator
 __all__ = ["KERNEL_ENV", "MODES", "EMBED_THREADS", "pin_process_env", "missing_pins", "kernel_mode", "pinned",
            "kernel_report", "numpy_simd", "kernel_key"]
 
+# LLVM's Haswell features (x86-64-v3), the AVX-512 families switched off explicitly
+NUMBA_AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+cx8,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+pclmul,"
+                       "+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,"
+                       "-avx512f,-avx512bw,-avx512cd,-avx512dq,-avx512vl,-fma4,-xop")
 KERNEL_ENV: dict[str, str] = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",   # oneDNN's JIT kernels: AVX2 at most
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
@@ -63,7 +71,8 @@ KERNEL_ENV: dict[str, str] = {
     # numpy 2.x's dispatch targets above AVX2 (X86_V3); disabling a target the CPU lacks is a silent no-op
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "OPENBLAS_CORETYPE": "Haswell",  # numpy's and scipy's BLAS kernels (the workplace sets the same)
-    "NUMBA_CPU_NAME": "haswell",     # UMAP's numba kernels compiled for AVX2, not the host CPU
+    "NUMBA_CPU_NAME": "haswell",     # UMAP's numba kernels compiled for AVX2, not the host CPU ...
+    "NUMBA_CPU_FEATURES": NUMBA_AVX2_FEATURES,  # ... with AVX2's features only (numba adds the host's otherwise)
 }
 MODES = ("pinned", "portable")
 # numpy's dispatch levels that run the same code as an AVX2-only CPU (``baseline`` on CPUs without AVX2)
@@ -167,5 +176,7 @@ def kernel_key(threads: int | None) -> str:
     torch_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
     blas = os.environ.get("OPENBLAS_CORETYPE", "native")
     numba_cpu = os.environ.get("NUMBA_CPU_NAME", "host")
+    if os.environ.get("NUMBA_CPU_FEATURES") != NUMBA_AVX2_FEATURES:
+        numba_cpu += "+hostfeatures"
     return (f"{kernel_mode()}-t{threads if threads is not None else 'any'}-{torch_isa}-np{numpy_simd()}"
             f"-blas{blas}-numba{numba_cpu}")

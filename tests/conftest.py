@@ -64,7 +64,7 @@ def counting_embedder():
     """A cheap deterministic embedder (per-channel means and stds) that counts its calls and the images it saw."""
     import numpy as np
 
-    from seg4seg_utils import embed as E
+    from seg4seg_utils.discovery import embed as E
 
     class CountingEmbedder(E.Embedder):
         name = key_name = "counting-test-embedder"

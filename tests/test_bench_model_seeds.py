@@ -17,7 +17,7 @@ def bench():
 
 
 def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
-    from seg4seg_utils.pipeline import case_datasets, train_grid
+    from seg4seg_utils.studies.pipeline import case_datasets, train_grid
 
     args = ["--preset", "smoke", "--cases", "A", "--prevalences", "0.2", "--model-seeds", "0", "1",
             "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),

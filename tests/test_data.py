@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from seg4seg_utils.data import (DatasetError, assign_splits, build_dataset, config_hash, read_dataset, read_mask,
+from seg4seg_utils.data.records import (DatasetError, assign_splits, build_dataset, config_hash, read_dataset, read_mask,
                                 validate_dataset)
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import embed as E
-from seg4seg_utils.data import SampleTable
-from seg4seg_utils.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
+from seg4seg_utils.discovery import embed as E
+from seg4seg_utils.data.records import SampleTable
+from seg4seg_utils.data.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
 
 from conftest import TINY_CLIP, counting_embedder
 
@@ -34,7 +34,7 @@ def table(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smoke_run(table, tmp_path_factory):
-    from seg4seg_utils.train import train, train_preset
+    from seg4seg_utils.model.train import train, train_preset
 
     return train(table, train_preset("smoke", max_train_samples=8, epochs=1), runs_dir=tmp_path_factory.mktemp("runs"),
                  progress=False)
@@ -198,7 +198,7 @@ def test_embed_dataset_cache(table, tmp_path, monkeypatch, capsys):
 
 
 def test_segmentation_encoder_and_predicted_masks(table, smoke_run, tmp_path):
-    from seg4seg_utils.data import read_mask
+    from seg4seg_utils.data.records import read_mask
 
     seg = E.SegmentationEncoderEmbedder(smoke_run, device="cpu")
     assert seg.dim == 512 and smoke_run.root.name in seg.name and seg.key_fields()["embedder_run"] == smoke_run.root.name

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from seg4seg_utils.config import get_preset
-from seg4seg_utils.embed import EfficientNetLite0Embedder
-from seg4seg_utils.experiments import SlicerSettings, load_run, benchmark_items, detection_table, run_benchmark
-from seg4seg_utils.pipeline import case_datasets, detection_benchmark, train_grid
+from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
+from seg4seg_utils.studies.benchmark import load_run, benchmark_items, detection_table, run_benchmark
+from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_detection_benchmark_writes_tables_and_figure(trained):
 
 
 def test_ablation_covers_variants_likelihoods_and_baselines(trained):
-    from seg4seg_utils.pipeline import ablation
+    from seg4seg_utils.studies.pipeline import ablation
 
     root, grid, gaps = trained
     out = root / "results" / "ablation"
@@ -104,8 +105,8 @@ def planted_benchmark(root):
 
     import numpy as np
 
-    from seg4seg_utils.data import build_dataset
-    from seg4seg_utils.train import TrainConfig
+    from seg4seg_utils.data.records import build_dataset
+    from seg4seg_utils.model.train import TrainConfig
 
     rng = np.random.default_rng(0)
     group = np.repeat([0, 1, 2, 3], [10, 30, 30, 30])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import explain as X
+from seg4seg_utils.discovery import explain as X
 
 from conftest import TINY_CLIP
 
@@ -259,7 +259,7 @@ def test_clip_score_difference_by_hand():
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_clip_file):
     """The tiny RANDOM-weight open_clip model of conftest, loaded back through ClipEmbedder (test only)."""
-    from seg4seg_utils.embed import ClipEmbedder
+    from seg4seg_utils.discovery.embed import ClipEmbedder
 
     return ClipEmbedder(TINY_CLIP, pretrained=str(tiny_clip_file[0]), device="cpu")
 
@@ -314,7 +314,7 @@ class _MeanColourEmbedder:
 
 def _planted_case_d(tmp_path):
     """A fundus phantom dataset with case D's columns planted on the test split (images left untouched)."""
-    from seg4seg_utils.phantoms import generate_phantom_dataset
+    from seg4seg_utils.data.phantoms import generate_phantom_dataset
 
     table = generate_phantom_dataset("fundus", tmp_path / "fundus", n=200, size=32, progress=False)
     test = table.df["split"] == "test"
@@ -367,7 +367,7 @@ def test_the_oracle_variant_is_labelled_an_oracle_upper_bound(tmp_path):
     assert (rows.loc[rows["variant"] != X.ORACLE_VARIANT, "status"] == "result").all()
     # the oracle is handed the answer: its worst slice is the planted group, named by the attribute
     oracle = rows[rows["variant"] == X.ORACLE_VARIANT]
-    assert oracle["success"].all() and (oracle["p_at_10_worst"] == 1).all()
+    assert oracle["success"].all() and (oracle["worst_precision_at_k"] == 1).all()
     assert oracle["oracle_names_attribute"].all() and (oracle["oracle_attribute_rank"] == 1).all()
     row = X.summary_table(rows).set_index("variant").loc[X.ORACLE_VARIANT]
     assert row["status"] == X.ORACLE_LABEL and row["oracle_top_token"] == "low_quality (2/2)"

@@ -4,11 +4,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from seg4seg_utils.data import SPLITS, build_dataset, read_dataset
-from seg4seg_utils.inject import (CASES, CaliperStyle, CropParams, PolygonParams, QualityParams, crop_and_resize,
+from seg4seg_utils.data.records import SPLITS, build_dataset, read_dataset
+from seg4seg_utils.data.inject import (CASES, CaliperStyle, CropParams, PolygonParams, QualityParams, crop_and_resize,
                                   degrade_quality, draw_calipers, ellipse_from_mask, inject, injected_name,
                                   polygonize_mask, select_failure_samples)
-from seg4seg_utils.metrics import segmentation_metrics
+from seg4seg_utils.model.metrics import segmentation_metrics
 
 
 def ellipse_mask(h, w, cy, cx, a, b, angle=0.0):

@@ -7,8 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import labelflip as lf
-from seg4seg_utils.data import DatasetError, SampleTable, read_mask
+from seg4seg_utils.data import twin_cells
+from seg4seg_utils.model import label_flips
+from seg4seg_utils.model import multiclass
+from seg4seg_utils.report import labelflip_plots
+from seg4seg_utils.studies import labelflip as lf
+from seg4seg_utils.data.records import DatasetError, SampleTable, read_mask
 
 
 # ----------------------------------------------------------------------------------------- decomposition
@@ -21,28 +25,28 @@ def test_decomposition_on_a_hand_built_mask():
                      [0, 0, 1, 1],    # (1,1) missed, (1,2) correct, (1,3) flipped 2->1
                      [0, 0, 0, 2],    # (2,2) missed, (2,3) correct
                      [0, 2, 0, 0]])   # (3,1) spurious
-    c = lf.decompose(truth, pred)
+    c = label_flips.decompose(truth, pred)
     assert {k: int(v[0]) for k, v in c.items()} == {"gt_foreground": 8, "correct": 4, "flipped": 2, "missed": 2,
                                                    "spurious": 2}
-    rates = lf.decomposition_rates(c).iloc[0]
+    rates = label_flips.decomposition_rates(c).iloc[0]
     assert rates["flip_rate"] == 0.25 and rates["miss_rate"] == 0.25 and rates["correct_rate"] == 0.5
 
 
 def test_decomposition_sums_to_the_foreground_on_random_batches():
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, (5, 16, 16)), rng.integers(0, 4, (5, 16, 16))
-    c = lf.decompose(truth, pred)
+    c = label_flips.decompose(truth, pred)
     assert np.array_equal(c["correct"] + c["flipped"] + c["missed"], (truth > 0).reshape(5, -1).sum(1))
     assert np.array_equal(c["spurious"], ((truth == 0) & (pred > 0)).reshape(5, -1).sum(1))
     # relabelling predictions among foreground classes changes correct/flipped, never missed or the total
     swapped = np.where(pred == 1, 2, np.where(pred == 2, 1, pred))
-    c2 = lf.decompose(truth, swapped)
+    c2 = label_flips.decompose(truth, swapped)
     assert np.array_equal(c2["missed"], c["missed"]) and not np.array_equal(c2["flipped"], c["flipped"])
 
 
 def test_empty_ground_truth_is_finite_and_perfect():
-    c = lf.decompose(np.zeros((4, 4), int), np.zeros((4, 4), int))
-    rates = lf.decomposition_rates(c).iloc[0]
+    c = label_flips.decompose(np.zeros((4, 4), int), np.zeros((4, 4), int))
+    rates = label_flips.decomposition_rates(c).iloc[0]
     assert (rates["correct_rate"], rates["flip_rate"], rates["miss_rate"]) == (1.0, 0.0, 0.0)
 
 
@@ -55,7 +59,7 @@ def test_empty_ground_truth_is_finite_and_perfect():
 ])
 def test_decomposition_bad_inputs(truth, pred, err, match):
     with pytest.raises(err, match=match):
-        lf.decompose(truth, pred)
+        label_flips.decompose(truth, pred)
 
 
 # --------------------------------------------------------------------------------------------- flip-risk
@@ -65,7 +69,7 @@ def test_flip_risk_hand_computed():
     p[:, 0, 1] = [0.2, 0.4, 0.4]      # uniform between the two foreground classes: 1 (background ignored)
     p[:, 0, 2] = [0.5, 0.4, 0.1]      # q = (0.8, 0.2): H = -(0.8 ln 0.8 + 0.2 ln 0.2) / ln 2
     p[:, 0, 3] = [0.9, 0.05, 0.05]    # confident background, still an even split of the foreground: 1
-    risk = lf.flip_risk(p, axis=0)[0]
+    risk = label_flips.flip_risk(p, axis=0)[0]
     expected = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(2)
     np.testing.assert_allclose(risk, [0.0, 1.0, expected, 1.0], atol=1e-12)
 
@@ -74,7 +78,7 @@ def test_flip_risk_three_foreground_classes_and_batch_axis():
     p = np.zeros((2, 4, 1, 1))
     p[0, :, 0, 0] = [0.1, 0.3, 0.3, 0.3]  # uniform over K=3: normalised by log 3 -> 1
     p[1, :, 0, 0] = [0.4, 0.3, 0.3, 0.0]  # uniform over two of three: log 2 / log 3
-    np.testing.assert_allclose(lf.flip_risk(p, axis=1)[:, 0, 0], [1.0, math.log(2) / math.log(3)], atol=1e-12)
+    np.testing.assert_allclose(label_flips.flip_risk(p, axis=1)[:, 0, 0], [1.0, math.log(2) / math.log(3)], atol=1e-12)
 
 
 @pytest.mark.parametrize("proba,match", [
@@ -85,7 +89,7 @@ def test_flip_risk_three_foreground_classes_and_batch_axis():
 ])
 def test_flip_risk_bad_inputs(proba, match):
     with pytest.raises(ValueError, match=match):
-        lf.flip_risk(proba)
+        label_flips.flip_risk(proba)
 
 
 def test_image_summary_on_a_flipped_image():
@@ -94,14 +98,14 @@ def test_image_summary_on_a_flipped_image():
     proba = np.zeros((3, 4, 4))
     proba[0] = 1.0
     proba[:, :2, :2] = np.array([0.1, 0.3, 0.6])[:, None, None]   # right region, wrong class (2)
-    s = lf.image_summary(truth, proba)
+    s = label_flips.image_summary(truth, proba)
     assert (s["flipped"], s["correct"], s["missed"], s["spurious"]) == (4, 0, 0, 0)
     assert s["flip_rate"] == 1.0 and s["no_flip"] == 0.0
     assert s["dice_fg"] == 1.0 and s["dice_classes"] == 0.0    # foreground Dice is blind to the flip
     q = np.array([1 / 3, 2 / 3])
     assert s["flip_risk"] == pytest.approx(-(q * np.log(q)).sum() / math.log(2))
     with pytest.raises(ValueError, match="only 3 classes"):
-        lf.image_summary(np.full((4, 4), 3, np.uint8), proba)
+        label_flips.image_summary(np.full((4, 4), 3, np.uint8), proba)
 
 
 # --------------------------------------------------------------------------------------- top-decile share
@@ -110,37 +114,37 @@ def test_top_share_constructed_case():
     score = np.arange(20, dtype=float)[::-1]          # pixel 0 is the riskiest
     flipped = np.zeros(20)
     flipped[[0, 1, 10, 15]] = 1
-    assert lf.top_share(score, flipped, 0.1) == pytest.approx(0.5)
-    assert lf.top_share(score, flipped, 0.25) == pytest.approx(0.5)      # top 5 = pixels 0..4
-    assert lf.top_share(-score, flipped, 0.1) == pytest.approx(0.0)      # the wrong ranking
-    assert lf.top_share(score, flipped, 1.0) == pytest.approx(1.0)
+    assert label_flips.top_share(score, flipped, 0.1) == pytest.approx(0.5)
+    assert label_flips.top_share(score, flipped, 0.25) == pytest.approx(0.5)      # top 5 = pixels 0..4
+    assert label_flips.top_share(-score, flipped, 0.1) == pytest.approx(0.0)      # the wrong ranking
+    assert label_flips.top_share(score, flipped, 1.0) == pytest.approx(1.0)
 
 
 def test_top_share_splits_ties_fractionally_and_is_order_free():
     score = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     mass = np.array([3.0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
     # top 20 % = 2 units out of a 4-way tie: half of the tie's mass 4 -> 2 of total 4
-    assert lf.top_share(score, mass, 0.2) == pytest.approx(0.5)
+    assert label_flips.top_share(score, mass, 0.2) == pytest.approx(0.5)
     perm = np.random.default_rng(1).permutation(10)
-    assert lf.top_share(score[perm], mass[perm], 0.2) == pytest.approx(0.5)
-    assert math.isnan(lf.top_share(score, np.zeros(10), 0.1))
+    assert label_flips.top_share(score[perm], mass[perm], 0.2) == pytest.approx(0.5)
+    assert math.isnan(label_flips.top_share(score, np.zeros(10), 0.1))
     with pytest.raises(ValueError, match="q must lie"):
-        lf.top_share(score, mass, 0.0)
+        label_flips.top_share(score, mass, 0.0)
     with pytest.raises(ValueError, match="one of each"):
-        lf.top_share(score, mass[:5])
+        label_flips.top_share(score, mass[:5])
     with pytest.raises(ValueError, match="non-negative"):
-        lf.top_share(score, -mass)
+        label_flips.top_share(score, -mass)
 
 
 def test_group_decomposition_pools_pixels():
     m = pd.DataFrame({"gt_foreground": [10, 30], "correct": [10, 0], "flipped": [0, 30], "missed": [0, 0],
                       "flip_rate": [0.0, 1.0], "flip_risk": [0.1, 0.9], "dice_fg": [1.0, 1.0],
                       "dice_classes": [1.0, 0.0]})
-    g = lf.group_decomposition(m, ["a", "a"])
+    g = label_flips.group_decomposition(m, ["a", "a"])
     assert g["flipped"].iat[0] == pytest.approx(0.75) and g["mean_flip_rate"].iat[0] == pytest.approx(0.5)
     assert g[["correct", "flipped", "missed"]].sum(axis=1).iat[0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="one label per image"):
-        lf.group_decomposition(m, ["a"])
+        label_flips.group_decomposition(m, ["a"])
 
 
 def test_flip_rate_as_performance_finds_a_planted_flip_subgroup():
@@ -164,25 +168,25 @@ def test_flip_rate_as_performance_finds_a_planted_flip_subgroup():
 
 # ----------------------------------------------------------------------------------------------- phantom
 def test_twin_cells_deterministic_and_classes_differ_only_inside_cells():
-    a = lf.twin_cells(64, 3, cls=1, tone="dark")
-    b = lf.twin_cells(64, 3, cls=1, tone="dark")
+    a = twin_cells.twin_cells(64, 3, cls=1, tone="dark")
+    b = twin_cells.twin_cells(64, 3, cls=1, tone="dark")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     img1, lab1 = a
-    img2, lab2 = lf.twin_cells(64, 3, cls=2, tone="dark")
+    img2, lab2 = twin_cells.twin_cells(64, 3, cls=2, tone="dark")
     assert set(np.unique(lab1)) == {0, 1} and set(np.unique(lab2)) == {0, 2}
     assert np.array_equal(lab1 > 0, lab2 > 0)          # same seed: same cells, only the class differs
     diff = np.abs(img1.astype(int) - img2.astype(int)).max(axis=2) > 0
     assert not diff[lab1 == 0].any() and diff[lab1 > 0].any()   # the cue lives inside the cells only
-    light, _ = lf.twin_cells(64, 3, cls=1, tone="light")
+    light, _ = twin_cells.twin_cells(64, 3, cls=1, tone="light")
     assert light[lab1 == 0].mean() > img1[lab1 == 0].mean() + 60   # the context cue: background tone
     with pytest.raises(ValueError, match="cls"):
-        lf.twin_cells(64, 0, cls=3, tone="dark")
+        twin_cells.twin_cells(64, 0, cls=3, tone="dark")
     with pytest.raises(ValueError, match="tone"):
-        lf.twin_cells(64, 0, cls=1, tone="grey")
+        twin_cells.twin_cells(64, 0, cls=1, tone="grey")
 
 
 def test_dataset_correlation_as_specified(tmp_path):
-    ds = lf.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
+    ds = twin_cells.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
                                        progress=False)
     df = ds.df
     assert ds.mask_kind == "multiclass" and ds.meta["n_classes"] == 3
@@ -196,22 +200,22 @@ def test_dataset_correlation_as_specified(tmp_path):
     assert set(df["cls"]) == {1, 2}
     m = ds.mask(0)
     assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, int(df["cls"].iat[0])}
-    again = lf.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
+    again = twin_cells.generate_labelflip_dataset(tmp_path / "t", n=100, size=32, train_alignment=0.9, test_shift=0.25,
                                           progress=False)
     assert again.df.equals(df)
     with pytest.raises(ValueError, match="test_shift"):
-        lf.generate_labelflip_dataset(tmp_path / "u", n=100, size=32, test_shift=1.5)
+        twin_cells.generate_labelflip_dataset(tmp_path / "u", n=100, size=32, test_shift=1.5)
 
 
 # --------------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from seg4seg_utils.train import train_preset
+    from seg4seg_utils.model.train import train_preset
 
     root = tmp_path_factory.mktemp("lf")
-    ds = lf.generate_labelflip_dataset(root / "twins", n=40, size=32, progress=False)
+    ds = twin_cells.generate_labelflip_dataset(root / "twins", n=40, size=32, progress=False)
     cfg = train_preset("smoke", epochs=1, max_train_samples=16)
-    return ds, lf.train_multiclass(ds, cfg, root / "runs", progress=False), cfg, root
+    return ds, multiclass.train_multiclass(ds, cfg, root / "runs", progress=False), cfg, root
 
 
 def test_multiclass_training_smoke(tiny_run):
@@ -223,40 +227,40 @@ def test_multiclass_training_smoke(tiny_run):
     assert np.array_equal(m["correct"] + m["flipped"] + m["missed"], m["gt_foreground"])
     assert m[["flip_rate", "flip_risk", "dice_fg", "dice_classes", "no_flip"]].apply(np.isfinite).all().all()
     sid = str(test.df["id"].iat[0])
-    proba = lf.load_probabilities(run, sid)
+    proba = multiclass.load_probabilities(run, sid)
     assert proba.shape == (3, 32, 32)
     np.testing.assert_allclose(proba.sum(axis=0), 1.0, atol=2e-3)      # float16 storage
     pred = read_mask(run.root / m.set_index("id").at[sid, "prediction"], "multiclass")
     assert np.array_equal(pred, proba.argmax(axis=0))
-    pix = lf.pixel_flips(run, ds)
+    pix = multiclass.pixel_flips(run, ds)
     assert pix["flipped"].sum() == m["flipped"].sum()
-    fig = lf.risk_maps(ds, run, list(m["id"][:2]))
+    fig = labelflip_plots.risk_maps(ds, run, list(m["id"][:2]))
     assert len(fig.axes) == 9                                                    # 2 rows x 4 panels + colour bar
-    groups = lf.group_decomposition(m, m["shifted"].map({True: "shifted", False: "aligned"}))
-    assert len(lf.decomposition_bars(groups).axes) == 1
-    model = lf.load_multiclass_model(run)
+    groups = label_flips.group_decomposition(m, m["shifted"].map({True: "shifted", False: "aligned"}))
+    assert len(labelflip_plots.decomposition_bars(groups).axes) == 1
+    model = multiclass.load_multiclass_model(run)
     assert model.segmentation_head[0].out_channels == 3
     stamp = (run.root / "done.json").stat().st_mtime_ns
-    assert lf.train_multiclass(ds, cfg, root / "runs", progress=False).root == run.root      # reused, not retrained
+    assert multiclass.train_multiclass(ds, cfg, root / "runs", progress=False).root == run.root      # reused, not retrained
     assert (run.root / "done.json").stat().st_mtime_ns == stamp
 
 
 def test_multiclass_training_refuses_binary_data(tmp_path, tiny_run):
-    from seg4seg_utils.train import train_preset
+    from seg4seg_utils.model.train import train_preset
 
     ds = tiny_run[0]
     binary = SampleTable(ds.root, ds.df, {**ds.meta, "mask_kind": "binary"})
     with pytest.raises(DatasetError, match="multiclass"):
-        lf.train_multiclass(binary, train_preset("smoke"), tmp_path)
+        multiclass.train_multiclass(binary, train_preset("smoke"), tmp_path)
     with pytest.raises(ValueError, match="n_classes must be >= 3"):
-        lf.train_multiclass(ds, train_preset("smoke"), tmp_path, n_classes=2)
+        multiclass.train_multiclass(ds, train_preset("smoke"), tmp_path, n_classes=2)
 
 
 def test_binary_run_hashes_are_pinned():
     """Binary runs keep their folders: the main job's models must still be found (the label-flip work adds
     nothing to TrainConfig). Pinned from the code at TrainConfig.threads' introduction (which deliberately moved
     every hash: the thread count changes the weights), including the main job's case B 5 % model."""
-    from seg4seg_utils.train import _run_root, train_preset
+    from seg4seg_utils.model.train import _run_root, train_preset
 
     table = SampleTable(Path("/nowhere/pinned"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
     assert _run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-7653c81076"

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from seg4seg_utils.metrics import confusion_counts, metrics_table, segmentation_metrics
+from seg4seg_utils.model.metrics import confusion_counts, metrics_table, segmentation_metrics
 
 
 def masks(*rows):
@@ -69,7 +69,7 @@ def test_bad_inputs():
 def test_subgroup_gap_hand_computed():
     import pandas as pd
 
-    from seg4seg_utils.metrics import subgroup_gap
+    from seg4seg_utils.model.metrics import subgroup_gap
 
     df = pd.DataFrame({"failure": [True, True, True, False, False, False, False],
                        "dice": [0.5, 0.6, 0.7, 0.9, 0.95, 0.85, 0.9 - 1e-9]})

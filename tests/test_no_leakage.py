@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import protocol
-from seg4seg_utils.data import write_png
+from seg4seg_utils.discovery import protocol
+from seg4seg_utils.data.records import write_png
 
 from conftest import counting_embedder
 
@@ -39,8 +39,8 @@ KEEP = ("id", "split", "image", "mask")   # what a sample *is*; everything else 
 @pytest.fixture(scope="module")
 def injected(tmp_path_factory):
     """Case D injected into a small fundus phantom set (20 %, so the test split holds a few failures)."""
-    from seg4seg_utils.inject import inject
-    from seg4seg_utils.phantoms import generate_phantom_dataset
+    from seg4seg_utils.data.inject import inject
+    from seg4seg_utils.data.phantoms import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("leak")
     source = generate_phantom_dataset("fundus", root / "fundus", n=200, size=32, progress=False)
@@ -51,8 +51,8 @@ def injected(tmp_path_factory):
 def run_root(injected, tmp_path_factory):
     """A run folder as train() leaves it (config.json, predictions/, metrics.csv), without training: the
     predictions are the ground truth shifted, more for the failure subgroup, so Dice is low there."""
-    from seg4seg_utils.metrics import metrics_table
-    from seg4seg_utils.train import TrainConfig
+    from seg4seg_utils.model.metrics import metrics_table
+    from seg4seg_utils.model.train import TrainConfig
 
     root = tmp_path_factory.mktemp("run")
     (root / "predictions").mkdir()
@@ -77,7 +77,7 @@ def attribute_columns(table) -> list[str]:
 def perturbed_table(table, how: str, columns=None, seed: int = 1):
     """A copy of the sample table with ``columns`` (default: every attribute column) shuffled independently
     (each its own permutation) or deleted."""
-    from seg4seg_utils.data import SampleTable
+    from seg4seg_utils.data.records import SampleTable
 
     cols = attribute_columns(table) if columns is None else list(columns)
     df = table.df.copy()
@@ -107,7 +107,7 @@ def perturbed_metrics(metrics: pd.DataFrame, columns, how: str, seed: int = 1) -
 
 def perturbed_run(run_root: Path, columns, how: str, tmp_path: Path) -> Path:
     """A copy of the run folder whose metrics.csv has the attribute columns perturbed (predictions shared)."""
-    from seg4seg_utils.experiments import load_run
+    from seg4seg_utils.studies.benchmark import load_run
 
     out = tmp_path / f"run-{how}"
     out.mkdir()
@@ -157,8 +157,9 @@ HOW = ["shuffle", "delete"]
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("variant", ["x0", "x0*M_pred"])
 def test_image_level_benchmark_item(injected, run_root, tmp_path, spy, how, variant):
-    from seg4seg_utils.embed import embed_dataset
-    from seg4seg_utils.experiments import BenchmarkItem, SlicerSettings, load_run, run_item
+    from seg4seg_utils.discovery.embed import embed_dataset
+    from seg4seg_utils.studies.benchmark import BenchmarkItem, load_run, run_item
+    from seg4seg_utils.discovery.judge import SlicerSettings
 
     cols = attribute_columns(injected)
     other_table = perturbed_table(injected, how)
@@ -179,9 +180,9 @@ def test_image_level_benchmark_item(injected, run_root, tmp_path, spy, how, vari
 @pytest.mark.parametrize("how", HOW)
 def test_slice_finder_on_embeddings(injected, run_root, how):
     """The SliceFinder itself, UMAP included: embeddings and Dice in, nothing else."""
-    from seg4seg_utils.embed import embed_dataset, performance_matrix
-    from seg4seg_utils.experiments import load_run
-    from seg4seg_utils.slicer import SliceFinder
+    from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
+    from seg4seg_utils.studies.benchmark import load_run
+    from seg4seg_utils.discovery.slicer import SliceFinder
 
     metrics = load_run(run_root).metrics()
     fits = []
@@ -197,9 +198,11 @@ def test_slice_finder_on_embeddings(injected, run_root, how):
 # ------------------------------------------------------------------------------------------ patch level
 @pytest.mark.parametrize("how", HOW)
 def test_patch_level(injected, run_root, tmp_path, spy, how):
-    from seg4seg_utils.experiments import load_run
-    from seg4seg_utils.patches import PatchBenchmarkItem, PatchSliceFinder, patch_dataset, run_patch_item
-    from seg4seg_utils.slicer import reduce_embeddings
+    from seg4seg_utils.studies.benchmark import load_run
+    from seg4seg_utils.discovery.patches import PatchSliceFinder, patch_dataset
+    from seg4seg_utils.studies.patch_study import run_patch_item
+    from seg4seg_utils.studies.patch_study import PatchBenchmarkItem
+    from seg4seg_utils.discovery.reduce import reduce_embeddings
 
     other_run = perturbed_run(run_root, attribute_columns(injected), how, tmp_path)
     results = []
@@ -223,7 +226,7 @@ def test_patch_level(injected, run_root, tmp_path, spy, how):
 
 # ------------------------------------------------------------------------------------------ multimodal
 def _explain(table, metrics, root, oracle=False):
-    from seg4seg_utils.explain import explain_case
+    from seg4seg_utils.studies.explanation_study import explain_case
 
     return explain_case(table, FakeRun(root, metrics), counting_embedder()(), CASE, seeds=(0, 1), cache_dir=None,
                         reduce="pca", n_components=4, oracle=oracle)
@@ -236,8 +239,8 @@ def _fits_by_variant(rows, calls):
 
 @pytest.mark.parametrize("how", HOW)
 def test_multimodal_honest_variants(injected, run_root, spy, how):
-    from seg4seg_utils.experiments import load_run
-    from seg4seg_utils.explain import HONEST_VARIANTS, ORACLE_VARIANT, hidden_columns
+    from seg4seg_utils.studies.benchmark import load_run
+    from seg4seg_utils.discovery.explain import HONEST_VARIANTS, ORACLE_VARIANT, hidden_columns
 
     metrics = load_run(run_root).metrics()
     hidden = hidden_columns(injected, CASE)
@@ -274,8 +277,8 @@ def test_multimodal_honest_variants(injected, run_root, spy, how):
 # ------------------------------------------------------------------------------------------ own model
 @pytest.mark.parametrize("how", HOW)
 def test_own_model(injected, run_root, how):
-    from seg4seg_utils.experiments import load_run
-    from seg4seg_utils.own_model import discover_slices
+    from seg4seg_utils.studies.benchmark import load_run
+    from seg4seg_utils.studies.own_model import discover_slices
 
     metrics = load_run(run_root).metrics()
     fits = []

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from seg4seg_utils.book import NOTEBOOK_DIR, notebooks, preset_parameters, run_notebooks
+from seg4seg_utils.report.book import NOTEBOOK_DIR, notebooks, preset_parameters, run_notebooks
 
 BOOK = NOTEBOOK_DIR.parent / "book"
 EXPECTED_PARAMETERS = {"PRESET", "SEED", "DATA_DIR", "RESULTS_DIR", "RUNS_DIR", "CACHE_DIR", "REAL_DIR", "CLIP_WEIGHTS"}
@@ -69,7 +69,7 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path):
     """Every notebook runs; the failures are named together at the end (a failed check hides no chapter)."""
     import nbformat
 
-    from seg4seg_utils.book import NotebookFailures
+    from seg4seg_utils.report.book import NotebookFailures
 
     src = tmp_path / "src"
     (src / "params").mkdir(parents=True)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seg4seg_utils.data import DatasetError
-from seg4seg_utils.embed import EfficientNetLite0Embedder
-from seg4seg_utils.own_model import discover_slices, import_folders
+from seg4seg_utils.data.records import DatasetError
+from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
+from seg4seg_utils.studies.own_model import discover_slices, import_folders
 
 
 def folders(tmp_path, n=24, bad_size=False):

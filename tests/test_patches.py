@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils import patches as P
-from seg4seg_utils.data import write_png
-from seg4seg_utils.phantoms import generate_phantom_dataset
-from seg4seg_utils.protocol import evaluate_slices
+from seg4seg_utils.discovery import patches as P
+from seg4seg_utils.report import patch_plots
+from seg4seg_utils.studies import patch_study
+from seg4seg_utils.data.records import write_png
+from seg4seg_utils.data.phantoms import generate_phantom_dataset
+from seg4seg_utils.discovery.protocol import evaluate_slices
 
 from conftest import counting_embedder
 
@@ -163,7 +165,7 @@ def test_region_map_and_estimator_errors():
         P.PatchSliceFinder(aggregate="mean").fit(np.zeros((4, 4, 2)), np.zeros((4, 4)))
     with pytest.raises(RuntimeError, match="not fitted"):
         psf.slice_region_map(0)
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter"):  # scikit-learn's BaseEstimator.set_params
         psf.set_params(grid=3)
 
 
@@ -251,29 +253,29 @@ def test_patch_dataset_refuses_predictions_of_another_size(table, fake_run, tmp_
 
 def test_benchmark_is_resumable(table, fake_run, tmp_path, monkeypatch):
     # 5 test images x 4 patches: UMAP is replaced by the identity here (its own tests live elsewhere)
-    from seg4seg_utils import experiments
+    from seg4seg_utils.discovery import reduce
 
-    monkeypatch.setattr(experiments, "_reduced", lambda X, method, n, seed, cache: np.asarray(X, np.float64))
+    monkeypatch.setattr(reduce, "reduce_embeddings", lambda X, method, n, seed, *a: (None, np.asarray(X, np.float64)))
     runs = [("B", 0.2, 0, table, fake_run)]
     out = tmp_path / "items.jsonl"
     settings = ({"n_slices": 2}, {"n_slices": 2, "gamma": 0.0}, {"n_slices": 2, "aggregate": "pooled"})
-    rows = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
+    rows = patch_study.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
                              grid=2, settings=settings, progress=False)
     assert len(rows) == 6 and set(rows["level"]) == {"patch"} and (rows["n_test"] == 5).all()
     assert rows["success"].dtype == bool and len(set(rows["key"])) == 6
     before = out.read_text()
-    again = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
+    again = patch_study.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
                               grid=2, settings=settings, progress=False)
     assert out.read_text() == before and len(again) == 6  # nothing refitted
     # an interrupted write (half a line) is ignored and that item simply reruns
     lines = before.splitlines()
     out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
-    third = P.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
+    third = patch_study.patch_benchmark(runs, CountingEmbedder(), out, cache_dir=tmp_path / "cache", slicer_seeds=(0, 1),
                               grid=2, settings=settings, progress=False)
     assert len(third) == 6 and sorted(third["key"]) == sorted(again["key"])
     image = pd.DataFrame({"case": ["B"], "prevalence": [0.2], "success": [True], "purity_pass": [True],
                           "max_purity": [1.0]})
-    summary = P.detection_summary(again, image)
+    summary = patch_study.detection_summary(again, image)
     assert summary["level"].tolist() == ["image", "image, pooled patch features", "patch, lift",
                                          "patch, lift, gamma=0.0"]
     assert summary["n_seeds"].tolist() == [1, 2, 2, 2]
@@ -286,13 +288,13 @@ def test_figures_draw_without_error():
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     gt = np.zeros((32, 32), bool)
     gt[8:20, 8:20] = True
-    fig = P.patch_grid_figure(img, gt, np.roll(gt, 3, axis=1), grid=4)
+    fig = patch_plots.patch_grid_figure(img, gt, np.roll(gt, 3, axis=1), grid=4)
     assert isinstance(fig, Figure) and len(fig.axes) == 3  # image, heatmap, colour bar
     labels = rng.integers(0, 3, (5, 4))
-    assert isinstance(P.patch_scatter_figure(rng.normal(size=(20, 2)), labels, np.arange(5) < 2, highlight=1), Figure)
+    assert isinstance(patch_plots.patch_scatter_figure(rng.normal(size=(20, 2)), labels, np.arange(5) < 2, highlight=1), Figure)
     with pytest.raises(ValueError, match="20 patches"):
-        P.patch_scatter_figure(rng.normal(size=(19, 2)), labels, np.arange(5) < 2)
-    assert isinstance(P.region_heatmap_figure({"a": np.eye(2), "b": -np.eye(2)}), Figure)
+        patch_plots.patch_scatter_figure(rng.normal(size=(19, 2)), labels, np.arange(5) < 2)
+    assert isinstance(patch_plots.region_heatmap_figure({"a": np.eye(2), "b": -np.eye(2)}), Figure)
     summary = pd.DataFrame({"level": ["image", "patch, lift"] * 2, "case": "B", "prevalence": [0.05, 0.05, 0.1, 0.1],
                             "detection_rate": [0.0, 1.0, 1.0, 1.0]})
-    assert isinstance(P.detection_bars_figure(summary, "B"), Figure)
+    assert isinstance(patch_plots.detection_bars_figure(summary, "B"), Figure)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from seg4seg_utils.cli import main
-from seg4seg_utils.data import read_dataset
+from seg4seg_utils.data.records import read_dataset
 
 
 @pytest.fixture(scope="module")

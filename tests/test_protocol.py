@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from scipy.stats import f_oneway
 
-from seg4seg_utils.protocol import (SliceReport, evaluate_slices, min_slice_size, omega_squared, precision_at_k,
+from seg4seg_utils.discovery.protocol import (SliceReport, evaluate_slices, min_slice_size, omega_squared, precision_at_k,
                                     slice_table)
 
 
@@ -277,7 +277,7 @@ def test_zero_one_attribute_is_accepted():
 
 
 def test_worst_slice_is_chosen_without_the_attribute():
-    from seg4seg_utils.protocol import worst_slice
+    from seg4seg_utils.discovery.protocol import worst_slice
 
     labels = np.array([0, 0, 0, 1, 1, 1, 2, 3, 3, 3])
     perf = np.array([0.9, 0.9, 0.9, 0.5, 0.6, 0.4, 0.0, 0.7, 0.7, 0.7])

@@ -1,4 +1,4 @@
-"""Converters from official downloads (seg4seg_utils.real_data, python -m data_prep) on tiny fixture trees,
+"""Converters from official downloads (seg4seg_utils.data.real_data, python -m data_prep) on tiny fixture trees,
 plus the real HC18 set and the real IMA++ metadata when ../shared/data has them."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 
 from conftest import REPO_ROOT, shared_data_dir
 from data_prep.__main__ import main
-from seg4seg_utils.data import DatasetError, read_dataset, read_mask
-from seg4seg_utils.real_data import (DataPrepWarning, fill_outline, head_circumference_mm, isic_annotation_styles,
+from seg4seg_utils.data.records import DatasetError, read_dataset, read_mask
+from seg4seg_utils.data.real_data import (DataPrepWarning, fill_outline, head_circumference_mm, isic_annotation_styles,
                                      prepare_fives, prepare_hc18, prepare_isic2018, read_fives_quality)
 
 RNG = np.random.default_rng(0)

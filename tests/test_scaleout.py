@@ -5,10 +5,11 @@ import pickle
 import numpy as np
 import pytest
 
-from seg4seg_utils import scaleout
-from seg4seg_utils.embed import Embedder, EfficientNetLite0Embedder, SegmentationEncoderEmbedder
-from seg4seg_utils.experiments import SlicerSettings, benchmark_items, load_run, run_benchmark
-from seg4seg_utils.pipeline import case_datasets, detection_benchmark, train_grid
+from seg4seg_utils.studies import scaleout
+from seg4seg_utils.discovery.embed import Embedder, EfficientNetLite0Embedder, SegmentationEncoderEmbedder
+from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
+from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
 
 PROVENANCE = ("seconds_reduce", "seconds_fit", "worker", "started")
 
@@ -129,7 +130,7 @@ def test_command_line_exports_the_backend_for_notebook_kernels(tmp_path, capsys)
 def test_worker_timeline_puts_each_run_on_its_own_clock():
     import pandas as pd
 
-    from seg4seg_utils.plots import worker_timeline
+    from seg4seg_utils.report.plots import worker_timeline
 
     def rows(start):
         return pd.DataFrame({"worker": ["h:1", "h:2", "h:1"], "started": [start, start + 0.5, start + 2.0],

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from seg4seg_utils.slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder, _logsumexp
+from seg4seg_utils.discovery.slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder, _logsumexp
 
 
 def planted(seed=0, n_per=120):
@@ -53,7 +53,7 @@ def test_gamma_zero_is_sklearns_diagonal_gmm():
     sf.fit(X, dice)
     Z = sf.embedding_
     init = sf._m_step(Z, dice[:, None], sf._init_resp(Z, dice[:, None],
-                                                       int(np.random.default_rng(0).integers(2 ** 31 - 1))))
+                                                       int(np.random.default_rng(0).integers(2 ** 31 - 1)), 0.0))
     gm = GaussianMixture(3, covariance_type="diag", reg_covar=sf.reg_covar, tol=1e-6, max_iter=500,
                          weights_init=init[0], means_init=init[1], precisions_init=1 / init[2]).fit(Z)
     np.testing.assert_allclose(sf.means_, gm.means_, atol=1e-8)
@@ -103,7 +103,7 @@ def test_pca_reduction_and_params():
     sf = SliceFinder(n_slices=4, reduce="pca", n_components=4, random_state=0).fit(Xw, dice)
     assert sf.embedding_.shape == (len(X), 4)
     assert sf.get_params()["n_slices"] == 4 and "reduce='pca'" in repr(sf)
-    with pytest.raises(ValueError, match="unknown parameter"):
+    with pytest.raises(ValueError, match="Invalid parameter"):  # scikit-learn's BaseEstimator.set_params
         sf.set_params(slices=3)
 
 
@@ -122,7 +122,9 @@ def test_bad_input_is_a_clear_error(kwargs, X, y, pattern):
 
 
 def test_predict_before_fit():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
         SliceFinder().predict(np.zeros((3, 2)), np.zeros(3))
 
 

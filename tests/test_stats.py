@@ -58,7 +58,7 @@ def test_counts_columns_labels_and_pivot():
 
 
 def test_detection_table_carries_counts():
-    from seg4seg_utils.experiments import detection_table
+    from seg4seg_utils.studies.benchmark import detection_table
 
     rows = pd.DataFrame({"case": ["A"] * 5 + ["B"] * 5, "prevalence": 0.1, "success": [1, 1, 1, 1, 0] + [0] * 5,
                          "perf_pass": True, "purity_pass": True, "omega2": 0.2, "max_purity": 0.9})
@@ -74,8 +74,8 @@ def texts(fig):
 
 
 def test_heatmap_and_bars_show_counts_and_intervals():
-    from seg4seg_utils.patches import detection_bars_figure
-    from seg4seg_utils.plots import detection_heatmap
+    from seg4seg_utils.report.patch_plots import detection_bars_figure
+    from seg4seg_utils.report.plots import detection_heatmap
 
     table = with_detection_counts(pd.DataFrame({
         "case": ["A", "A", "B", "B"], "prevalence": [0.05, 0.1, 0.05, 0.1], "detection_rate": [0.8, 1.0, 0.0, 0.4],

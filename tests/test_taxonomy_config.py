@@ -2,8 +2,8 @@
 import pytest
 
 from seg4seg_utils.config import PRESETS, environment_report, get_preset
-from seg4seg_utils.inject import CASES
-from seg4seg_utils.taxonomy import TAXONOMY, failure_type, taxonomy_table
+from seg4seg_utils.data.inject import CASES
+from seg4seg_utils.data.taxonomy import TAXONOMY, failure_type, taxonomy_table
 
 
 def test_taxonomy_covers_the_papers_families():

@@ -1,10 +1,10 @@
 """The systematic failure is real: a tiny CPU variant of the training preset already shows the caliper gap."""
 import pytest
 
-from seg4seg_utils.inject import inject
-from seg4seg_utils.metrics import subgroup_gap
-from seg4seg_utils.phantoms import generate_phantom_dataset
-from seg4seg_utils.train import train, train_preset
+from seg4seg_utils.data.inject import inject
+from seg4seg_utils.model.metrics import subgroup_gap
+from seg4seg_utils.data.phantoms import generate_phantom_dataset
+from seg4seg_utils.model.train import train, train_preset
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ class SampleTable:
         sub = self.df[self.df["split"] == name].reset_index(drop=True)
         if sub.empty:
             raise DatasetError(f"{self.root / TABLE_FILE}: split {name!r} is empty. Assign some samples to it "
-                               "(see seg4seg_utils.data.assign_splits) or re-run data preparation.")
+                               "(see seg4seg_utils.data.records.assign_splits) or re-run data preparation.")
         return SampleTable(self.root, sub, self.meta)
 
     def path(self, value: str) -> Path:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from .data import DatasetError, SampleTable, build_dataset, read_mask
-from .metrics import metrics_table
+from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, read_mask
+from seg4seg_utils.model.metrics import metrics_table
 
 __all__ = ["IMAGE_SUFFIXES", "import_folders", "discover_slices", "demo_folders"]
 
@@ -68,26 +68,29 @@ def import_folders(images: str | os.PathLike, masks: str | os.PathLike, predicti
 def discover_slices(table: SampleTable, metrics: pd.DataFrame, embedder, n_slices: int = 10, gamma: float = 10.0,
                     performance: tuple[str, ...] = ("dice",), seed: int = 0,
                     cache_dir: str | os.PathLike | None = "cache/embeddings"):
-    """Embed, reduce and slice; returns (fitted SliceFinder, embeddings, per-slice table: eligible slices
-    (at least 2 % of the images) first, worst mean performance first)."""
-    from .embed import embed_dataset, performance_matrix
-    from .protocol import min_slice_size
-    from .slicer import SliceFinder
+    """Embed, reduce (UMAP-8, cached) and slice without any failure label; returns (fitted SliceFinder,
+    embeddings, per-slice table: eligible slices (at least 2 % of the images) first, worst mean performance
+    first; ``focus`` marks the label-free slice to open first, :attr:`SliceReport.focus_slice`)."""
+    from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
+    from seg4seg_utils.discovery.judge import SlicerSettings, fit_and_judge, reduced
 
     emb = embed_dataset(table, embedder, "x0", split="test", cache_dir=cache_dir)
     Y = performance_matrix(metrics, performance, ids=emb.ids)
-    sf = SliceFinder(n_slices=n_slices, gamma=gamma, random_state=seed).fit(emb.X, Y)
+    settings = SlicerSettings(gamma=gamma)
+    Z = reduced(emb.X, settings, seed, None if cache_dir is None else Path(cache_dir) / "reduced")
+    sf, report = fit_and_judge(Z, Y, None, n_slices=n_slices, settings=settings, seed=seed)
     per = pd.DataFrame({"slice": sf.labels_, performance[0]: Y[:, 0]})
     summary = per.groupby("slice")[performance[0]].agg(size="size", mean="mean", worst="min").reset_index()
     # slices of a sample or two are outliers, not failure modes: the 2 % rule of the evaluation protocol
-    summary["eligible"] = summary["size"] >= min_slice_size(len(per))
+    summary["eligible"] = summary["slice"].map(report.table.set_index("slice")["eligible"])
+    summary["focus"] = summary["slice"] == report.focus_slice
     summary = summary.sort_values(["eligible", "mean"], ascending=[False, True]).reset_index(drop=True)
     return sf, emb, summary
 
 
 def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.PathLike) -> dict[str, Path]:
     """Copy a trained run's test images, masks and predictions into three plain folders, as a user would have them."""
-    from .train import Run
+    from seg4seg_utils.model.train import Run
 
     run = Run.from_folder(run_root)
     metrics = run.metrics()

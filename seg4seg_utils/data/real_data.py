@@ -1,9 +1,9 @@
 """Converters from the official real-dataset downloads (HC18, ISIC 2018 Task 1, FIVES) to the record format.
 
 Every converter reads a raw download in its official layout and writes a dataset folder with
-:func:`seg4seg_utils.data.build_dataset`: raw images (and masks that are already binary single-channel
+:func:`seg4seg_utils.data.records.build_dataset`: raw images (and masks that are already binary single-channel
 PNGs) are referenced in place, never copied or modified; only masks that need conversion are written.
-Layout problems raise :class:`~seg4seg_utils.data.DatasetError` naming the file or folder and what to do;
+Layout problems raise :class:`~seg4seg_utils.data.records.DatasetError` naming the file or folder and what to do;
 recoverable oddities (a missing metadata row, an orphan mask) are reported as :class:`DataPrepWarning`.
 ``data_prep/README.md`` says how to download each dataset and what comes out.
 """
@@ -21,8 +21,8 @@ from PIL import Image
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from .data import SPLITS, DatasetError, DatasetWriter, SampleTable, assign_splits, build_dataset, read_image
-from .inject import ellipse_from_mask
+from seg4seg_utils.data.records import SPLITS, DatasetError, DatasetWriter, SampleTable, assign_splits, build_dataset, read_image
+from seg4seg_utils.data.inject import ellipse_from_mask
 
 __all__ = [
     "DataPrepWarning", "CONVERTER_VERSION",

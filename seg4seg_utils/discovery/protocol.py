@@ -39,7 +39,7 @@ negative, and it is NaN when fewer than two groups are present, when N - k < 1, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,7 +71,7 @@ def _as_1d(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _check_labels(labels: Any, n: int | None = None) -> np.ndarray:
+def as_slice_labels(labels: Any, n: int | None = None) -> np.ndarray:
     """Non-negative integer slice ids (integral floats accepted) as int64."""
     arr = _as_1d(labels, "labels")
     if n is not None and len(arr) != n:
@@ -97,7 +97,7 @@ def _finite_float(arr: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _check_finite(values: Any, name: str = "performance") -> np.ndarray:
+def as_scores(values: Any, name: str = "performance") -> np.ndarray:
     """Finite float values (per-image scores), or a ValueError naming the argument."""
     return _finite_float(_as_1d(values, name), name)
 
@@ -133,11 +133,11 @@ def _check_unit(value: float, name: str, low_open: bool = False) -> float:
 def _inputs(labels: Any, performance: Any, attribute: Any, n_slices: int | None,
             proba: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Validated (labels, performance, attribute, proba, K)."""
-    perf = _check_finite(performance, "performance")
+    perf = as_scores(performance, "performance")
     n = len(perf)
     if n == 0:
         raise ValueError("performance is empty; the protocol needs at least one sample")
-    lab = _check_labels(labels, n)
+    lab = as_slice_labels(labels, n)
     attr = _check_attribute(attribute, n)
     prob = None if proba is None else _check_proba(proba, n)
     k_seen = int(lab.max()) + 1
@@ -157,7 +157,7 @@ def _inputs(labels: Any, performance: Any, attribute: Any, n_slices: int | None,
 # --------------------------------------------------------------------------- statistics
 def omega_squared(values: Any, groups: Any) -> float:
     """One-way ANOVA omega^2 of ``values`` across ``groups`` (NaN if < 2 groups, N - k < 1 or all values equal)."""
-    x = _check_finite(values, "values")
+    x = as_scores(values, "values")
     g = _as_1d(groups, "groups")
     if len(g) != len(x):
         raise ValueError(f"groups has {len(g)} entries but values has {len(x)}")
@@ -223,8 +223,12 @@ def worst_slice(labels: Any, performance: Any, n_slices: int | None = None, n_mi
     explanation built on it has seen the labels. Anything presented as label-free should use this instead.
     """
     no_attribute = np.zeros(np.shape(performance)[:1], dtype=bool)  # purity plays no part in the choice
-    t = slice_table(labels, performance, no_attribute, n_slices, n_min, n_min_frac=n_min_frac)
-    t = t[t["size"] > 0]
+    return _worst_in(slice_table(labels, performance, no_attribute, n_slices, n_min, n_min_frac=n_min_frac))
+
+
+def _worst_in(table: pd.DataFrame) -> int:
+    """:func:`worst_slice`'s rule on a slice table (reads size, eligible and mean_perf only, never purity)."""
+    t = table[table["size"] > 0]
     pool = t[t["eligible"]] if t["eligible"].any() else t
     return int(pool.sort_values(["mean_perf", "slice"])["slice"].iloc[0])
 
@@ -280,13 +284,37 @@ class SliceReport:
         p = self.table.loc[self.table["eligible"], "purity"]
         return float(p.max()) if len(p) else float("nan")
 
+    @property
+    def worst_slice(self) -> int:
+        """The label-free choice (:func:`worst_slice`): lowest mean performance among eligible slices."""
+        return _worst_in(self.table)
+
+    @property
+    def focus_slice(self) -> int:
+        """The slice to show first: the winning slice when the criterion is met, else :attr:`worst_slice`.
+        Label-free whenever nothing won (and always when the report was made without an attribute)."""
+        return self.worst_slice if self.winning_slice is None else self.winning_slice
+
     def to_dict(self) -> dict[str, Any]:
-        """One tidy row: the scalar results, sizes and parameters (no slice table)."""
+        """The verdict's scalars, sizes and parameters (no slice table); :meth:`to_row` adds the two slices."""
         return {"success": self.success, "perf_pass": self.perf_pass, "purity_pass": self.purity_pass,
                 "omega2": self.omega2, "max_purity": self.max_purity, "winning_slice": self.winning_slice,
                 "precision_at_k": self.precision_at_k, "precision_slice": self.precision_slice,
                 "n_samples": self.n_samples, "n_slices": self.n_slices, "n_eligible": self.n_eligible,
                 "n_min": self.n_min, **self.params}
+
+    def to_row(self) -> dict[str, Any]:
+        """One result row with the one set of column names every study writes: :meth:`to_dict`, the winning
+        slice's size and mean performance (None when nothing won), and the label-free worst slice's id, size,
+        mean performance and purity (purity reads the attribute: a judgement, not a discovery input)."""
+        win, worst = self.winning_slice, self.worst_slice
+        t = self.table.set_index("slice")
+        row = {**self.to_dict(),
+               "winning_size": None if win is None else int(t.at[win, "size"]),
+               "winning_perf": None if win is None else float(t.at[win, "mean_perf"]),
+               "worst_slice": worst, "worst_size": int(t.at[worst, "size"]),
+               "worst_perf": float(t.at[worst, "mean_perf"]), "worst_purity": float(t.at[worst, "purity"])}
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
     def _summary(self) -> str:
         """A one-line verdict."""
@@ -311,7 +339,18 @@ def evaluate_slices(labels: Any, performance: Any, attribute: Any, proba: Any = 
                     p_theta: float = P_THETA, q_theta: float = Q_THETA, n_min_frac: float = N_MIN_FRAC,
                     k: int = K_PRECISION, n_slices: int | None = None,
                     omega2_theta: float = OMEGA2_THETA) -> SliceReport:
-    """Apply the full protocol (module docstring) and return a SliceReport; its table adds a precision_at_k column."""
+    """Apply the full protocol (module docstring) and return a SliceReport; its table adds a precision_at_k column.
+
+    ``attribute=None``: a label-free report (sizes, mean performance, omega^2 and ``worst_slice`` only; purity
+    and precision NaN, no winner, ``success``/``purity_pass`` False), e.g. for a model whose failures are unknown.
+    """
+    if attribute is None:
+        report = evaluate_slices(labels, performance, np.zeros(np.shape(performance)[:1], dtype=bool), proba,
+                                 p_theta=p_theta, q_theta=q_theta, n_min_frac=n_min_frac, k=k, n_slices=n_slices,
+                                 omega2_theta=omega2_theta)
+        table = report.table.assign(purity=np.nan, precision_at_k=np.nan)
+        return replace(report, table=table, purity_pass=False, success=False, winning_slice=None,
+                       precision_at_k=float("nan"), precision_slice=None)
     lab, perf, attr, prob, n_k = _inputs(labels, performance, attribute, n_slices, proba)
     p_theta = _check_unit(p_theta, "p_theta")
     if int(k) != k or k < 1:

@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .data import SampleTable, read_mask
-from .metrics import METRICS
-from .plots import show_sample
+from seg4seg_utils.data.records import SampleTable, read_mask
+from seg4seg_utils.model.metrics import METRICS
+from seg4seg_utils.report.plots import show_sample
 
 if TYPE_CHECKING:
-    from .protocol import SliceReport
-    from .train import Run
+    from seg4seg_utils.discovery.protocol import SliceReport
+    from seg4seg_utils.model.train import Run
 
 __all__ = ["SliceBrowser", "BrowserWidget", "normalise_explanations", "PRED_COLOR", "NO_EXPLANATION"]
 
@@ -171,7 +171,7 @@ class SliceBrowser:
                  attribute: str | Any | None = None, performance: str = "dice", explanations: Any = None,
                  proba: Any = None, n_slices: int | None = None, order: str = "auto", n_show: int = 8,
                  title: str | None = None) -> None:
-        from .protocol import evaluate_slices, slice_table
+        from seg4seg_utils.discovery.protocol import evaluate_slices, slice_table
 
         self.ids = [str(i) for i in ids]
         n = len(self.ids)
@@ -183,7 +183,7 @@ class SliceBrowser:
         self.xy = np.asarray(xy, dtype=float)
         if self.xy.shape != (n, 2):
             raise ValueError(f"xy must have shape ({n}, 2) (one 2-d point per id), got {self.xy.shape}; "
-                             "reduce the embeddings first, e.g. slicer.reduce_embeddings(X, 'umap', 2)")
+                             "reduce the embeddings first, e.g. reduce.reduce_embeddings(X, 'umap', 2)")
         if not np.isfinite(self.xy).all():
             raise ValueError("xy contains NaN or infinite coordinates")
         lab = np.asarray(labels)
@@ -291,13 +291,13 @@ class SliceBrowser:
                  **kwargs: Any) -> "SliceBrowser":
         """A browser over a trained run's test predictions.
 
-        ``embeddings`` is an :class:`~seg4seg_utils.embed.Embeddings` (its ``ids`` fix the order of ``labels``,
+        ``embeddings`` is an :class:`~seg4seg_utils.discovery.embed.Embeddings` (its ``ids`` fix the order of ``labels``,
         ``proba`` and ``xy``); without ``xy`` the map is a 2-d UMAP of ``embeddings.X`` (seeded by
         ``random_state``). Metrics and predicted-mask files come from the run's ``metrics.csv``.
         """
         ids = list(embeddings.ids)
         if xy is None:
-            from .slicer import reduce_embeddings
+            from seg4seg_utils.discovery.reduce import reduce_embeddings
 
             xy = reduce_embeddings(np.asarray(embeddings.X), "umap", 2, random_state=random_state)[1]
         metrics = run.metrics()
@@ -331,8 +331,8 @@ class SliceBrowser:
     def hidden_columns(self) -> list[str]:
         """Attribute columns that hold the hidden answer, kept out of :meth:`contrast` by default: the purity
         attribute, a ``failure`` column, and every column that is a recoding of either
-        (:func:`~seg4seg_utils.explain.leaky_columns`, e.g. case A's ``caliper`` when ``attribute="failure"``)."""
-        from .explain import leaky_columns
+        (:func:`~seg4seg_utils.discovery.explain.leaky_columns`, e.g. case A's ``caliper`` when ``attribute="failure"``)."""
+        from seg4seg_utils.discovery.explain import leaky_columns
 
         hidden = {c for c in (self.attribute_name, "failure") if c is not None and c in self.metrics.columns}
         if self.attribute is not None:
@@ -370,11 +370,11 @@ class SliceBrowser:
     def failing_slice(self) -> int:
         """The slice the reader should look at first: the protocol's winning slice when there is one, else the
         eligible slice (>= 2 % of the test set) with the lowest mean performance (any non-empty one if none is)."""
-        if self.report is not None and self.report.winning_slice is not None:
-            return int(self.report.winning_slice)
-        t = self.slices[self.slices["size"] > 0]
-        pool = t[t["eligible"]] if t["eligible"].any() else t
-        return int(pool.sort_values(["mean_perf", "slice"]).iloc[0]["slice"])
+        from seg4seg_utils.discovery.protocol import worst_slice
+
+        if self.report is not None:
+            return self.report.focus_slice
+        return worst_slice(self.labels, self.scores, n_slices=self.n_slices)
 
     def select(self, s: int) -> "SliceBrowser":
         """Make slice ``s`` the selected one (both views follow)."""
@@ -743,11 +743,11 @@ def _yes(v: Any) -> str:
 
 def _draw_prediction(ax, pred: np.ndarray, truth: np.ndarray) -> None:
     """Prediction on top of the ground truth: a pink contour (regions) or a pink fill (thin structures)."""
-    from .plots import _is_thin
+    from seg4seg_utils.report.plots import is_thin
 
     if not pred.any():
         return
-    if _is_thin(truth) if truth.any() else _is_thin(pred):
+    if is_thin(truth) if truth.any() else is_thin(pred):
         from matplotlib.colors import to_rgba
 
         overlay = np.zeros((*pred.shape, 4))

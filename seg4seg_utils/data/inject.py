@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from .data import SPLITS, DatasetError, DatasetWriter, SampleTable, build_dataset, read_dataset
-from .seeding import rng_for
+from seg4seg_utils.data.records import SPLITS, DatasetError, DatasetWriter, SampleTable, build_dataset, read_dataset
+from seg4seg_utils.seeding import rng_for
 
 __all__ = [
     "CaliperStyle", "CropParams", "PolygonParams", "QualityParams", "Case", "CASES", "get_case",
@@ -255,7 +255,7 @@ def injected_name(case: str, prevalence: float, seed: int) -> str:
     return f"{get_case(case).name}-p{round(prevalence * 100):02d}-seed{seed}"
 
 
-def _manipulate(case: Case, params: Any, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+def manipulate(case: Case, params: Any, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
                 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
     """Apply one case's manipulation; ``None`` means that file is unchanged."""
     if case.name == "A":
@@ -294,7 +294,7 @@ def inject(source: SampleTable | str | os.PathLike, case: str, prevalence: float
     config = {"case": spec.name, "prevalence": float(prevalence), "seed": int(seed), "params": asdict(params),
               "source_config_hash": src.meta.get("config_hash"), "version": INJECT_VERSION}
     failure = select_failure_samples(src.df["split"].to_numpy(), prevalence, seed, spec.name)
-    manipulate = failure if spec.manipulate_failure else ~failure
+    changed = failure if spec.manipulate_failure else ~failure
 
     def build(writer: DatasetWriter) -> dict[str, Any]:
         rows = src.df.to_dict("records")
@@ -303,9 +303,9 @@ def inject(source: SampleTable | str | os.PathLike, case: str, prevalence: float
             image_path, mask_path = src.path(row["image"]), src.path(row["mask"])
             new_img = new_mask = None
             extra: dict[str, Any] = {}
-            if manipulate[i]:
+            if changed[i]:
                 rng = rng_for(seed, "inject", spec.name, row["id"])
-                new_img, new_mask, extra = _manipulate(spec, params, src.image(i), src.mask(i), rng)
+                new_img, new_mask, extra = manipulate(spec, params, src.image(i), src.mask(i), rng)
             attrs = {k: v for k, v in row.items() if k not in ("id", "split", "image", "mask", "source")}
             if spec.attribute in attrs:  # keep a pre-existing column of the same name (e.g. real styles)
                 attrs[f"orig_{spec.attribute}"] = attrs.pop(spec.attribute)

@@ -10,9 +10,10 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from .config import Preset, environment_report, get_preset, preset_dict
-from .data import SPLITS, DatasetError, SampleTable, read_dataset
-from .inject import CASES, inject, injected_name
+from seg4seg_utils.config import Preset, environment_report, get_preset, preset_dict
+from seg4seg_utils.data.records import SPLITS, DatasetError, SampleTable, read_dataset
+from seg4seg_utils.data.inject import CASES, inject, injected_name
+from seg4seg_utils.discovery.judge import SlicerSettings
 
 __all__ = ["CaseDataset", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
            "detection_benchmark", "ablation", "gamma_sweep", "attribute_study", "run_job"]
@@ -34,7 +35,7 @@ def base_datasets(preset: str | Preset, data_dir: str | Path, real_root: str | P
 
     ``real_root`` holds the outputs of ``python -m data_prep`` as ``hc18/``, ``isic2018/``, ``fives/``.
     """
-    from .phantoms import generate_phantom_dataset
+    from seg4seg_utils.data.phantoms import generate_phantom_dataset
 
     p = get_preset(preset)
     wanted = sorted(set(modalities or (c.modality for c in CASES.values())))
@@ -92,7 +93,7 @@ def counts_table(grid: list[CaseDataset]) -> pd.DataFrame:
 def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], out_dir: str | Path,
                        preset: str | Preset, timings: dict[str, float] | None = None) -> dict[str, Path]:
     """Galleries, a counts table and a short markdown summary of the generated/injected data."""
-    from .plots import dataset_gallery, injection_gallery
+    from seg4seg_utils.report.plots import dataset_gallery, injection_gallery
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,9 +146,9 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
     (``None``: write nothing, e.g. when looking up a subset of the grid) and returns the gap table: per case and prevalence, test Dice of the failure subgroup vs the rest,
     the gap, a Mann-Whitney p-value, training wall time and the best epoch.
     """
-    from .metrics import subgroup_gap
-    from .plots import learning_curves, subgroup_gap_plot
-    from .train import train, train_preset
+    from seg4seg_utils.model.metrics import subgroup_gap
+    from seg4seg_utils.report.plots import learning_curves, subgroup_gap_plot
+    from seg4seg_utils.model.train import train, train_preset
 
     p = get_preset(preset)
     cfg = train_preset(p.name, **overrides)
@@ -183,7 +184,7 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
 
 def _grid_runs(grid: list[CaseDataset], gaps: pd.DataFrame) -> list[tuple]:
     """(case, prevalence, seed, table, Run) per injected dataset, the runs found through train_grid's table."""
-    from .experiments import load_run
+    from seg4seg_utils.studies.benchmark import load_run
 
     run_of = {(r.case, r.prevalence, r.seed): r.run for r in gaps.itertuples()}
     return [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
@@ -199,10 +200,10 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
     Writes ``detection_items.jsonl`` (one row per fit, resumable), ``detection_rates.csv``/``.md`` and
     ``detection_heatmap.png`` to ``results_dir``; returns the detection-rate table.
     """
-    from .embed import default_embedder
-    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
-    from .plots import detection_heatmap
-    from .stats import RATE_NOTE, detection_display
+    from seg4seg_utils.discovery.embed import default_embedder
+    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
+    from seg4seg_utils.report.plots import detection_heatmap
+    from seg4seg_utils.stats import RATE_NOTE, detection_display
 
     p = get_preset(preset)
     out = Path(results_dir)
@@ -233,9 +234,9 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
     Writes ``ablation_items.jsonl``, ``ablation.csv`` (per case and prevalence) and ``ablation.md``
     (detection rate per setting and case, averaged over prevalences) to ``results_dir``.
     """
-    from .embed import VARIANTS, default_embedder
-    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
-    from .stats import RATE_NOTE, detection_pivot
+    from seg4seg_utils.discovery.embed import VARIANTS, default_embedder
+    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
+    from seg4seg_utils.stats import RATE_NOTE, detection_pivot
 
     p = get_preset(preset)
     out = Path(results_dir)
@@ -273,8 +274,8 @@ def gamma_sweep(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Prese
                 cache_dir: str | Path = "cache/embeddings", n_jobs: int = 2, reduce: str | None = "umap",
                 progress: bool = True) -> pd.DataFrame:
     """Detection rate as a function of gamma (paper Fig. 3c style), ``x0`` + Dice; writes gamma_sweep.csv."""
-    from .embed import default_embedder
-    from .experiments import SlicerSettings, benchmark_items, detection_table, run_benchmark
+    from seg4seg_utils.discovery.embed import default_embedder
+    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
 
     p = get_preset(preset)
     out = Path(results_dir)
@@ -298,12 +299,10 @@ def attribute_study(table: SampleTable, attribute: Callable[[pd.DataFrame], np.n
     every column of the sample table, e.g. ``quality`` or ``annotation_style``). Returns (one row per slicer
     seed, the subgroup's Dice gap, the run's metrics with an ``attribute`` column).
     """
-    from .embed import embed_dataset, performance_matrix
-    from .experiments import _reduced
-    from .metrics import subgroup_gap
-    from .protocol import evaluate_slices
-    from .slicer import SliceFinder
-    from .train import train, train_preset
+    from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
+    from seg4seg_utils.discovery.judge import fit_and_judge, reduced
+    from seg4seg_utils.model.metrics import subgroup_gap
+    from seg4seg_utils.model.train import train, train_preset
 
     p = get_preset(preset)
     run = train(table, train_preset(p.name), runs_dir=Path(runs_dir) / p.name, progress=progress)
@@ -314,10 +313,9 @@ def attribute_study(table: SampleTable, attribute: Callable[[pd.DataFrame], np.n
     dice = performance_matrix(metrics, ("dice",), ids=emb.ids)
     rows = []
     for seed in p.slicer_seeds:
-        Z = _reduced(emb.X, "umap", 8, seed, Path(cache_dir) / "reduced")
-        sf = SliceFinder(n_slices=n_slices, reduce=None, random_state=seed).fit(Z, dice)
-        rows.append({"slicer_seed": seed, **evaluate_slices(sf.labels_, dice[:, 0], metrics["attribute"].to_numpy(),
-                                                            proba=sf.proba_, n_slices=n_slices).to_dict()})
+        Z = reduced(emb.X, SlicerSettings(), seed, Path(cache_dir) / "reduced")
+        _, report = fit_and_judge(Z, dice, metrics["attribute"].to_numpy(), n_slices=n_slices, seed=seed)
+        rows.append({"slicer_seed": seed, **report.to_row()})
     return pd.DataFrame(rows), subgroup_gap(metrics, "attribute", "dice"), metrics
 
 
@@ -342,7 +340,7 @@ def run_job(preset: str | Preset = "cpu", data_dir: str | Path = "data", results
         paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
                       "learning_curves": out / "learning_curves.png"})
     if until == "detect":
-        from .embed import default_embedder
+        from seg4seg_utils.discovery.embed import default_embedder
 
         out = Path(results_dir) / p.name / "detection"
         detection_benchmark(grid, gaps, p, out, embedder=default_embedder(clip_weights), cache_dir=cache_dir,

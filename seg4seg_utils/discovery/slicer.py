@@ -25,44 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
 
-__all__ = ["SliceFinder", "KMeansSlicer", "ErrorRankingSlicer", "reduce_embeddings"]
+from seg4seg_utils.discovery.reduce import as_matrix, reduce_embeddings
+
+__all__ = ["resolve_performance", "BaseSlicer", "SliceFinder", "KMeansSlicer", "ErrorRankingSlicer"]
 
 _EPS = np.finfo(np.float64).eps
-
-
-def _as_2d(a: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 1:
-        a = a[:, None]
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be 1-d or 2-d (samples x features), got shape {a.shape}")
-    if not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]}); "
-                         "drop or fix those samples first")
-    return a
-
-
-def reduce_embeddings(X: np.ndarray, method: str | None = "umap", n_components: int = 8,
-                      random_state: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1):
-    """Fit a reducer (UMAP, PCA or none) and return (reducer or None, reduced float64 array)."""
-    X = _as_2d(X, "embeddings")
-    if method is None or method == "none" or X.shape[1] <= n_components:
-        return None, X
-    if method == "umap":
-        import umap  # imported lazily: the first import compiles numba code (~15 s)
-
-        reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, len(X) - 1),
-                            min_dist=min_dist, random_state=random_state,
-                            n_jobs=1 if random_state is not None else -1)
-    elif method == "pca":
-        from sklearn.decomposition import PCA
-
-        reducer = PCA(n_components=n_components, random_state=random_state)
-    else:
-        raise ValueError(f"reduce must be 'umap', 'pca' or None, got {method!r}")
-    return reducer, np.asarray(reducer.fit_transform(X), dtype=np.float64)
 
 
 @dataclass
@@ -93,23 +62,54 @@ def _logsumexp(a: np.ndarray) -> np.ndarray:
     return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
-class SliceFinder:
-    """Performance-weighted slice discovery (scikit-learn estimator conventions).
+def resolve_performance(y: np.ndarray | None, performance: np.ndarray | None) -> np.ndarray | None:
+    """Per-sample performance given as scikit-learn's ``y`` or by keyword (never both)."""
+    if y is not None and performance is not None:
+        raise ValueError("performance was given twice: pass it as y or as performance=, not both")
+    return performance if performance is not None else y
+
+
+class BaseSlicer(ClusterMixin, BaseEstimator):
+    """What every slicer shares: scikit-learn's parameters (``get_params``/``set_params``, ``clone``, ``repr``,
+    grid-search tooling), ``fit_predict``, and one way to pass per-sample performance: as ``y``, scikit-learn's
+    slot for a per-sample target (``fit(X, dice)``), or by keyword (``fit(X, performance=dice)``).
+
+    A subclass implements ``_fit(X, performance)`` (``performance`` may be None) and sets ``labels_`` and
+    ``proba_`` (n x n_slices).
+    """
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None, *, performance: np.ndarray | None = None):
+        """Fit the slicer on embeddings ``X`` and per-sample performance (``y`` or ``performance``); returns self."""
+        return self._fit(X, resolve_performance(y, performance))
+
+    def fit_predict(self, X: np.ndarray, y: np.ndarray | None = None, *,
+                    performance: np.ndarray | None = None) -> np.ndarray:
+        """Fit, then return the samples' hard slice labels (scikit-learn's ClusterMixin would drop ``y``)."""
+        return self.fit(X, y, performance=performance).labels_
+
+    def _fit(self, X: np.ndarray, performance: np.ndarray | None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SliceFinder(BaseSlicer):
+    """Performance-weighted slice discovery, a scikit-learn clusterer.
 
     Parameters are stored unchanged by ``__init__``; ``fit(X, performance)`` reduces ``X`` (n x d image
     embeddings) to ``n_components`` dimensions, standardises both inputs and runs EM. Fitted attributes
     end in ``_``: ``labels_``, ``proba_``, ``weights_``, ``means_``, ``covariances_``, ``perf_params_``,
-    ``n_iter_``, ``converged_``, ``lower_bound_``, ``embedding_`` (the reduced, standardised z).
+    ``n_iter_``, ``converged_``, ``lower_bound_``, ``embedding_`` (the reduced, standardised z),
+    ``n_features_in_``. Without performance (``fit(X)``) the likelihood has no performance term: an ordinary
+    diagonal Gaussian mixture on the reduced embeddings, as with ``gamma=0``.
     """
 
     def __init__(self, n_slices: int = 10, gamma: float = 10.0, performance_model: str = "gaussian",
-                 transform: str = "logit", reduce: str | None = "umap", n_components: int = 8,
+                 score_transform: str = "logit", reduce: str | None = "umap", n_components: int = 8,
                  n_neighbors: int = 15, min_dist: float = 0.1, reg_covar: float = 1e-6, tol: float = 1e-3,
                  max_iter: int = 200, n_init: int = 1, clip: float = 1e-4, random_state: int | None = 0):
         self.n_slices = n_slices
         self.gamma = gamma
         self.performance_model = performance_model
-        self.transform = transform
+        self.score_transform = score_transform
         self.reduce = reduce
         self.n_components = n_components
         self.n_neighbors = n_neighbors
@@ -121,51 +121,39 @@ class SliceFinder:
         self.clip = clip
         self.random_state = random_state
 
-    # ------------------------------------------------------------------------------ scikit-learn API
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor parameters (for cloning and grid searches)."""
-        return {k: getattr(self, k) for k in ("n_slices", "gamma", "performance_model", "transform", "reduce",
-                                              "n_components", "n_neighbors", "min_dist", "reg_covar", "tol",
-                                              "max_iter", "n_init", "clip", "random_state")}
-
-    def set_params(self, **params: Any) -> "SliceFinder":
-        """Set constructor parameters; unknown names are an error."""
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"unknown parameter {k!r}; valid: {sorted(valid)}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != SliceFinder().get_params()[k]}
-        return f"SliceFinder({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
-
     # ---------------------------------------------------------------------------------- validation
-    def _check(self, X: np.ndarray, performance: np.ndarray, fitting: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def _check(self, X: np.ndarray, performance: np.ndarray | None,
+               fitting: bool = True) -> tuple[np.ndarray, np.ndarray]:
         if self.performance_model not in ("gaussian", "soft_categorical"):
             raise ValueError(f"performance_model must be 'gaussian' or 'soft_categorical', got {self.performance_model!r}")
-        if self.transform not in ("logit", "identity"):
-            raise ValueError(f"transform must be 'logit' or 'identity', got {self.transform!r}")
+        if self.score_transform not in ("logit", "identity"):
+            raise ValueError(f"score_transform must be 'logit' or 'identity', got {self.score_transform!r}")
         if self.gamma < 0 or not np.isfinite(self.gamma):
             raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma}")
         if int(self.n_slices) < 1:
             raise ValueError(f"n_slices must be >= 1, got {self.n_slices}")
-        X = _as_2d(X, "embeddings")
-        Y = _as_2d(performance, "performance")
+        X = as_matrix(X, "embeddings", one_d=False)
+        if fitting:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but SliceFinder is expecting {self.n_features_in_} "
+                             "features as input")
+        if performance is None:  # no performance term: a constant column the likelihood then ignores
+            return X, np.full((len(X), 1), 0.5)
+        Y = as_matrix(performance, "performance")
         if len(X) != len(Y):
             raise ValueError(f"embeddings have {len(X)} rows but performance has {len(Y)}; one row per sample in both")
         if fitting and len(X) < self.n_slices:
             raise ValueError(f"{len(X)} samples but n_slices={self.n_slices}: need at least as many samples as slices")
-        bounded = self.performance_model == "soft_categorical" or self.transform == "logit"
+        bounded = self.performance_model == "soft_categorical" or self.score_transform == "logit"
         if bounded and ((Y < 0).any() or (Y > 1).any()):
             raise ValueError(f"performance scores must lie in [0, 1] for performance_model={self.performance_model!r}"
-                             f" / transform={self.transform!r} (found {Y.min():.3g}..{Y.max():.3g})")
+                             f" / score_transform={self.score_transform!r} (found {Y.min():.3g}..{Y.max():.3g})")
         return X, Y
 
     def _perf_transform(self, Y: np.ndarray) -> np.ndarray:
         """Scores as the performance model sees them before standardisation (logit-clipped for 'gaussian')."""
-        if self.performance_model == "gaussian" and self.transform == "logit":
+        if self.performance_model == "gaussian" and self.score_transform == "logit":
             p = np.clip(Y, self.clip, 1 - self.clip)
             return np.log(p) - np.log1p(-p)
         return Y
@@ -176,13 +164,13 @@ class SliceFinder:
         return np.log(Y[:, None, :] * p[None] + (1 - Y[:, None, :]) * (1 - p[None])).sum(axis=2)
 
     def _estimate_log_prob(self, Z: np.ndarray, Y: np.ndarray, weights: np.ndarray, means: np.ndarray,
-                           variances: np.ndarray, perf: dict[str, np.ndarray]) -> np.ndarray:
+                           variances: np.ndarray, perf: dict[str, np.ndarray], gamma: float) -> np.ndarray:
         log_prob = np.log(weights)[None] + _diag_log_gaussian(Z, means, variances)
-        if self.gamma > 0:
+        if gamma > 0:
             if self.performance_model == "soft_categorical":
-                log_prob = log_prob + self.gamma * self._soft_cat_log_lik(Y, perf["p"])
+                log_prob = log_prob + gamma * self._soft_cat_log_lik(Y, perf["p"])
             else:
-                log_prob = log_prob + self.gamma * _diag_log_gaussian(Y, perf["means"], perf["variances"])
+                log_prob = log_prob + gamma * _diag_log_gaussian(Y, perf["means"], perf["variances"])
         return log_prob
 
     def _m_step(self, Z: np.ndarray, Y: np.ndarray, resp: np.ndarray):
@@ -196,22 +184,22 @@ class SliceFinder:
             perf = {"means": pm, "variances": np.maximum(resp.T @ (Y * Y) / nk[:, None] - pm ** 2, 0.0) + self.reg_covar}
         return nk / nk.sum(), means, variances, perf
 
-    def _init_resp(self, Z: np.ndarray, Y: np.ndarray, seed: int | None) -> np.ndarray:
+    def _init_resp(self, Z: np.ndarray, Y: np.ndarray, seed: int | None, gamma: float) -> np.ndarray:
         """Hard k-means responsibilities on the joint (z, sqrt(gamma)-weighted y) space, as sklearn's 'kmeans' init."""
         from sklearn.cluster import KMeans
 
-        joint = Z if self.gamma == 0 else np.hstack([Z, np.sqrt(min(self.gamma, 1.0)) * Y])
+        joint = Z if gamma == 0 else np.hstack([Z, np.sqrt(min(gamma, 1.0)) * Y])
         labels = KMeans(n_clusters=self.n_slices, n_init=1, random_state=seed).fit(joint).labels_
         resp = np.zeros((len(Z), self.n_slices))
         resp[np.arange(len(Z)), labels] = 1.0
         return resp
 
-    def _run_em(self, Z: np.ndarray, Y: np.ndarray, init: tuple) -> dict[str, Any]:
+    def _run_em(self, Z: np.ndarray, Y: np.ndarray, init: tuple, gamma: float) -> dict[str, Any]:
         weights, means, variances, perf = init
         lower_bound, converged, n_iter = -np.inf, False, 0
         for n_iter in range(1, self.max_iter + 1):
             prev = lower_bound
-            log_prob = self._estimate_log_prob(Z, Y, weights, means, variances, perf)
+            log_prob = self._estimate_log_prob(Z, Y, weights, means, variances, perf, gamma)
             log_norm = _logsumexp(log_prob)
             resp = np.exp(log_prob - log_norm[:, None])
             weights, means, variances, perf = self._m_step(Z, Y, resp)
@@ -222,9 +210,10 @@ class SliceFinder:
         return {"weights": weights, "means": means, "variances": variances, "perf": perf,
                 "lower_bound": lower_bound, "converged": converged, "n_iter": n_iter}
 
-    def fit(self, X: np.ndarray, performance: np.ndarray) -> "SliceFinder":
+    def _fit(self, X: np.ndarray, performance: np.ndarray | None) -> "SliceFinder":
         """Reduce the embeddings, then fit the performance-weighted mixture by EM; returns self."""
         X, Yraw = self._check(X, performance)
+        self._gamma = float(self.gamma) if performance is not None else 0.0
         self.reducer_, R = reduce_embeddings(X, self.reduce, self.n_components, self.random_state,
                                              self.n_neighbors, self.min_dist)
         self._z_std = _Standardiser.fit(R)
@@ -239,54 +228,58 @@ class SliceFinder:
         best = None
         for _ in range(max(1, int(self.n_init))):
             seed = int(rng.integers(2 ** 31 - 1))
-            fit = self._run_em(Z, Y, self._m_step(Z, Y, self._init_resp(Z, Y, seed)))
+            fit = self._run_em(Z, Y, self._m_step(Z, Y, self._init_resp(Z, Y, seed, self._gamma)), self._gamma)
             if best is None or fit["lower_bound"] > best["lower_bound"]:
                 best = fit
         self.weights_, self.means_, self.covariances_ = best["weights"], best["means"], best["variances"]
         self.perf_params_, self.lower_bound_ = best["perf"], best["lower_bound"]
         self.converged_, self.n_iter_ = best["converged"], best["n_iter"]
         self.embedding_ = Z
-        self.proba_ = self._proba(Z, Y)
+        self.proba_ = self._proba(Z, Y, self._gamma)
         self.labels_ = self.proba_.argmax(axis=1)
         return self
 
-    def _proba(self, Z: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        log_prob = self._estimate_log_prob(Z, Y, self.weights_, self.means_, self.covariances_, self.perf_params_)
+    def _proba(self, Z: np.ndarray, Y: np.ndarray, gamma: float) -> np.ndarray:
+        log_prob = self._estimate_log_prob(Z, Y, self.weights_, self.means_, self.covariances_, self.perf_params_,
+                                           gamma)
         return np.exp(log_prob - _logsumexp(log_prob)[:, None])
 
-    def _transform_inputs(self, X: np.ndarray, performance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(self, "weights_"):
-            raise RuntimeError("this SliceFinder is not fitted yet; call fit(X, performance) first")
+    def _transform_inputs(self, X: np.ndarray, performance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "weights_")
         X, Yraw = self._check(X, performance, fitting=False)
         R = X if self.reducer_ is None else np.asarray(self.reducer_.transform(X), dtype=np.float64)
         Y = self._y_std(self._perf_transform(Yraw)) if self.performance_model == "gaussian" else Yraw
         return self._z_std(R), Y
 
-    def predict_proba(self, X: np.ndarray, performance: np.ndarray) -> np.ndarray:
-        """Slice probabilities (n x n_slices) of new samples (their embeddings and performance)."""
-        return self._proba(*self._transform_inputs(X, performance))
+    def predict_proba(self, X: np.ndarray, performance: np.ndarray | None = None) -> np.ndarray:
+        """Slice probabilities (n x n_slices) of new samples: from their embeddings and performance, or from
+        the embeddings alone when ``performance`` is None (or the model was fitted without it)."""
+        Z, Y = self._transform_inputs(X, performance)
+        return self._proba(Z, Y, self._gamma if performance is not None else 0.0)
 
-    def predict(self, X: np.ndarray, performance: np.ndarray) -> np.ndarray:
-        """Hard slice labels of new samples."""
+    def predict(self, X: np.ndarray, performance: np.ndarray | None = None) -> np.ndarray:
+        """Hard slice labels of new samples (see :meth:`predict_proba`)."""
         return self.predict_proba(X, performance).argmax(axis=1)
 
-    def fit_predict(self, X: np.ndarray, performance: np.ndarray) -> np.ndarray:
-        """Fit, then return the training samples' hard labels."""
-        return self.fit(X, performance).labels_
 
-
-class KMeansSlicer:
+class KMeansSlicer(BaseSlicer):
     """Baseline: k-means on the reduced embeddings (performance ignored)."""
 
     def __init__(self, n_slices: int = 10, reduce: str | None = "umap", n_components: int = 8,
                  random_state: int | None = 0):
-        self.n_slices, self.reduce, self.n_components, self.random_state = n_slices, reduce, n_components, random_state
+        self.n_slices = n_slices
+        self.reduce = reduce
+        self.n_components = n_components
+        self.random_state = random_state
 
-    def fit(self, X: np.ndarray, performance: np.ndarray | None = None) -> "KMeansSlicer":
+    def _fit(self, X: np.ndarray, performance: np.ndarray | None = None) -> "KMeansSlicer":
         """Reduce and cluster; ``performance`` is accepted for a uniform interface and ignored."""
         from sklearn.cluster import KMeans
 
-        X = _as_2d(X, "embeddings")
+        X = as_matrix(X, "embeddings", one_d=False)
+        self.n_features_in_ = X.shape[1]
         if len(X) < self.n_slices:
             raise ValueError(f"{len(X)} samples but n_slices={self.n_slices}")
         _, R = reduce_embeddings(X, self.reduce, self.n_components, self.random_state)
@@ -298,15 +291,22 @@ class KMeansSlicer:
         return self
 
 
-class ErrorRankingSlicer:
+class ErrorRankingSlicer(BaseSlicer):
     """Baseline: no embedding at all; slices are equal-size bins of the first performance score (slice 0 = worst)."""
 
     def __init__(self, n_slices: int = 10):
         self.n_slices = n_slices
 
-    def fit(self, X: np.ndarray | None, performance: np.ndarray) -> "ErrorRankingSlicer":
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # performance is all it reads
+        return tags
+
+    def _fit(self, X: np.ndarray | None, performance: np.ndarray | None) -> "ErrorRankingSlicer":
         """Sort samples by performance and cut the ranking into ``n_slices`` bins."""
-        y = _as_2d(performance, "performance")[:, 0]
+        if performance is None:
+            raise ValueError("ErrorRankingSlicer ranks samples by performance: pass it as y or performance=")
+        y = as_matrix(performance, "performance")[:, 0]
         if len(y) < self.n_slices:
             raise ValueError(f"{len(y)} samples but n_slices={self.n_slices}")
         order = np.argsort(y, kind="stable")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import SampleTable
+from seg4seg_utils.data.records import SampleTable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,7 +18,7 @@ __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_
 MASK_COLOR = "#00e5ff"
 
 
-def _is_thin(mask: np.ndarray) -> bool:
+def is_thin(mask: np.ndarray) -> bool:
     """True for line-like masks (vessels), whose contours would bury the image: about 2 px thick or less."""
     from scipy import ndimage as ndi
 
@@ -31,7 +31,7 @@ def show_sample(ax, image: np.ndarray, mask: np.ndarray | None = None, title: st
     """Draw an image with its mask: a contour for regions, a translucent fill for thin structures."""
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
     if mask is not None and mask.any() and not mask.all():
-        if _is_thin(mask):
+        if is_thin(mask):
             from matplotlib.colors import to_rgba
 
             overlay = np.zeros((*mask.shape, 4))
@@ -138,11 +138,11 @@ def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection
                       panel: float = 0.9) -> Figure:
     """Cases (rows) x prevalences (columns) per value (paper Fig. 3a/3b style): detection, perf-pass, purity-pass.
 
-    With an ``n_seeds`` column (as :func:`~seg4seg_utils.experiments.detection_table` gives) every cell also
+    With an ``n_seeds`` column (as :func:`~seg4seg_utils.studies.benchmark.detection_table` gives) every cell also
     shows its count k/n and 95 % Wilson interval: with 5 seeds a rate is a coarse statistic. Several rows per
     cell are pooled (their counts summed).
     """
-    from .stats import format_rate, wilson_interval
+    from seg4seg_utils.stats import format_rate, wilson_interval
 
     counted = "n_seeds" in table.columns
     if counted:
@@ -177,15 +177,16 @@ def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection
 
 def taxonomy_examples(size: int = 192, seed: int = 0, panel: float = 1.9) -> Figure:
     """One generated example per injected case: the clean image next to its manipulated version."""
-    from .inject import CASES, _manipulate
-    from .phantoms import MODALITIES
-    from .seeding import rng_for
+    from seg4seg_utils.data.inject import CASES
+    from seg4seg_utils.data.inject import manipulate
+    from seg4seg_utils.data.phantoms import MODALITIES
+    from seg4seg_utils.seeding import rng_for
 
     fig = Figure(figsize=(panel * 4, panel * 2 + 0.5), layout="constrained")
     axes = fig.subplots(2, 4)
     for k, (name, case) in enumerate(sorted(CASES.items())):
         image, mask = MODALITIES[case.modality](size, rng_for(seed, "taxonomy", name))
-        new_img, new_mask, _ = _manipulate(case, case.params, image, mask, rng_for(seed, "taxonomy-inject", name))
+        new_img, new_mask, _ = manipulate(case, case.params, image, mask, rng_for(seed, "taxonomy-inject", name))
         show_sample(axes[0, k], image, mask, title=f"{name}: clean")
         changed = new_mask is not None
         show_sample(axes[1, k], image if new_img is None else new_img, new_mask if changed else None,

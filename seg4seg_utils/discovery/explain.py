@@ -25,7 +25,7 @@ segmentation slices:
    (``reference="rest"``).
 4. :func:`explain_slices` - one row per slice (size, mean performance, reference, top tokens with scores, a
    sentence), for the notebooks and the slice browser.
-5. :func:`text_embedding` - the metadata texts through CLIP's text encoder when a :class:`~.embed.ClipEmbedder`
+5. :func:`text_embedding` - the metadata texts through CLIP's text encoder when a :class:`~seg4seg_utils.discovery.embed.ClipEmbedder`
    is given, else an honest, named fallback: TF-IDF + truncated SVD (not CLIP, no language model). :func:`joint_features`
    concatenates it with the reduced image embedding so neither block dominates.
 6. :func:`clip_score_difference` - the CLIP check: mean image-text cosine similarity of the top tokens' text
@@ -33,36 +33,35 @@ segmentation slices:
 7. :func:`global_baseline` - no slicing: tokens ranked by mean TF-IDF in the worst ``q`` of images by
    performance minus the rest.
 
-:func:`explain_case` runs all of it for one injected case and trained model (image-only vs image+metadata
-slicing, several slicer seeds; the attribute and its recodings withheld from both, and an optional, labelled
-oracle that records them); :func:`distinctiveness_plot` draws the bar chart of the notebook.
+:func:`seg4seg_utils.studies.explanation_study.explain_case` runs all of it for one injected case and trained
+model (image-only vs image+metadata slicing, several slicer seeds; the attribute and its recodings withheld from
+both, and an optional, labelled oracle that records them); :mod:`seg4seg_utils.report.explain_plots` draws it.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .embed import ClipEmbedder
+    from seg4seg_utils.discovery.embed import ClipEmbedder
 
 __all__ = ["NOT_METADATA", "NEVER_USED", "BIN_LABELS", "FALLBACK_TEXT_EMBEDDING", "HONEST_VARIANTS", "ORACLE_VARIANT",
            "ORACLE_LABEL", "metadata_text", "leaky_columns", "hidden_columns", "attribute_token", "tfidf",
            "distinctiveness", "reference_slice", "explain_slices", "global_baseline", "text_embedding",
-           "joint_features", "clip_score_difference", "explain_case", "summary_table", "distinctiveness_plot"]
+           "joint_features", "clip_score_difference"]
 
 #: columns that are bookkeeping or per-image performance, not a description of the image
 NOT_METADATA: frozenset[str] = frozenset({
     "id", "split", "image", "mask", "prediction", "path", "dice", "iou", "ppv", "npv", "tp", "fp", "fn", "tn"})
 #: columns that never become text: the above plus the hidden failure flag (``failure``, or ``attribute`` as
-#: :func:`~.pipeline.attribute_study` and the slice browser call it)
+#: :func:`~seg4seg_utils.studies.pipeline.attribute_study` and the slice browser call it)
 NEVER_USED: frozenset[str] = NOT_METADATA | frozenset({"failure", "attribute"})
-#: the slicer inputs of :func:`explain_case` that never see the failure attribute or a recoding of it
+#: the slicer inputs of the explanation study (:mod:`seg4seg_utils.studies.explanation_study`) that never see
+#: the failure attribute or a recoding of it
 HONEST_VARIANTS: tuple[str, ...] = ("image", "image+metadata")
 #: the slicer input that *records* the attribute: an oracle upper bound, never a result
 ORACLE_VARIANT = "image+metadata (oracle: attribute recorded)"
@@ -117,7 +116,7 @@ def metadata_text(table: Any, exclude: Sequence[str] = (), n_bins: int = 3, max_
                   free_text: Sequence[str] = ()) -> pd.DataFrame:
     """Each sample's metadata as readable text and phrase tokens; one row per sample, in the table's order.
 
-    ``table`` is a :class:`~.data.SampleTable` or a DataFrame (e.g. one split of ``samples.csv``, or a run's
+    ``table`` is a :class:`~seg4seg_utils.data.records.SampleTable` or a DataFrame (e.g. one split of ``samples.csv``, or a run's
     metrics table). Columns in :data:`NEVER_USED`, in ``exclude``, holding file paths, or constant-free
     identifiers are skipped. Numeric columns with more than ``max_categories`` distinct values are cut into
     ``n_bins`` quantile bins *of this table* (so "high gain" means the top third of these samples); other numeric
@@ -275,7 +274,7 @@ def hidden_columns(table: Any, case: str | None = None, failure: str = "failure"
     df = getattr(table, "df", table)
     cols = [failure] if failure in df.columns else []
     if case is not None:
-        from .inject import get_case
+        from seg4seg_utils.data.inject import get_case
 
         attribute = get_case(case).attribute
         cols += [attribute] if attribute in df.columns else []
@@ -289,7 +288,7 @@ def attribute_token(case: str) -> str:
 
     A -> ``no_caliper``, B -> ``cropped``, C -> ``polygon_annotation_style``, D -> ``low_quality``.
     """
-    from .inject import get_case
+    from seg4seg_utils.data.inject import get_case
 
     c = get_case(case)
     if isinstance(c.failure_value, (bool, np.bool_)):
@@ -377,10 +376,11 @@ def reference_slice(stats: pd.DataFrame, s: int) -> int | None:
 
 
 def _check_inputs(labels: Any, performance: Any, n_slices: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    from .protocol import _check_finite, _check_labels
+    from seg4seg_utils.discovery.protocol import as_scores
+    from seg4seg_utils.discovery.protocol import as_slice_labels
 
-    perf = _check_finite(performance, "performance")
-    lab = _check_labels(labels, len(perf))
+    perf = as_scores(performance, "performance")
+    lab = as_slice_labels(labels, len(perf))
     if len(lab) == 0:
         raise ValueError("no samples: labels and performance are empty")
     k = int(lab.max()) + 1 if n_slices is None else int(n_slices)
@@ -399,13 +399,13 @@ def explain_slices(labels: Any, performance: Any, metadata: Any, *, n_top: int =
     :func:`metadata_text`), :func:`metadata_text` output, or token lists. ``reference="best"`` compares each
     slice with the best-performing eligible slice other than itself (eligible: at least ``n_min`` samples,
     default the protocol's 2 % rule); ``"rest"`` with all other samples. With ``clip`` (a real
-    :class:`~.embed.ClipEmbedder`) and its ``image_embeddings`` (n, d) of the same samples, adds the CLIP score
+    :class:`~seg4seg_utils.discovery.embed.ClipEmbedder`) and its ``image_embeddings`` (n, d) of the same samples, adds the CLIP score
     difference of the top token's text (:func:`clip_score_difference`); otherwise that column is NaN.
 
     Columns: ``slice, size, mean_perf, eligible, reference_slice, top_tokens (list), top_scores (list),
     clip_score_diff, sentence``. Empty slices get empty lists and a sentence saying so.
     """
-    from .protocol import min_slice_size
+    from seg4seg_utils.discovery.protocol import min_slice_size
 
     if reference not in ("best", "rest"):
         raise ValueError(f"reference must be 'best' (best-performing eligible slice) or 'rest', got {reference!r}")
@@ -461,9 +461,9 @@ def global_baseline(metadata: Any, performance: Any, quantile: float = 0.2, n_to
     The worst group is the ``ceil(quantile * n)`` lowest scores (ties: lower index first), so it is never empty
     and never everything. Returns the tokens sorted by score (all of them, or the ``n_top`` first).
     """
-    from .protocol import _check_finite
+    from seg4seg_utils.discovery.protocol import as_scores
 
-    perf = _check_finite(performance, "performance")
+    perf = as_scores(performance, "performance")
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     docs = _token_lists(metadata)
@@ -484,7 +484,7 @@ def text_embedding(metadata: Any, clip: "ClipEmbedder | None" = None, n_componen
                    random_state: int | None = 0) -> tuple[np.ndarray, str]:
     """The samples' metadata texts as an (n, n_components) embedding and its honest name.
 
-    With ``clip`` (a :class:`~.embed.ClipEmbedder`) the readable texts go through CLIP's text encoder, then PCA
+    With ``clip`` (a :class:`~seg4seg_utils.discovery.embed.ClipEmbedder`) the readable texts go through CLIP's text encoder, then PCA
     to ``n_components``; without it the fallback is TF-IDF of the phrase tokens + truncated SVD
     (:data:`FALLBACK_TEXT_EMBEDDING`). Fewer columns come back when the data cannot support more (fewer
     tokens / samples than ``n_components``).
@@ -556,167 +556,3 @@ def clip_score_difference(image_embeddings: np.ndarray, text_embedding_: np.ndar
     return float(sim[m].mean() - sim[r].mean())
 
 
-# ------------------------------------------------------------------------------------------- experiment
-def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 2, 3, 4),
-                 cache_dir: str | os.PathLike | None = "cache/embeddings", clip: "ClipEmbedder | None" = None,
-                 n_top: int = 5, gamma: float = 10.0, n_components: int = 8, oracle: bool = False,
-                 reduce: str = "umap", progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Image-only vs image+metadata SEG4SEG slicing of one trained model's test split, each slice explained.
-
-    The honesty rule: the failure flag, the case's attribute column and every recoding of the flag
-    (:func:`hidden_columns` of the sample table) never enter discovery - not the text embedding, not the slicer,
-    not the explanations. Variants (the slicer's input):
-
-    ``image`` - UMAP-``n_components`` of the image embedding (the benchmark's own cached reduction; ``reduce="pca"``
-    for quick tests);
-    ``image+metadata`` - the same side by side with the text embedding of the *remaining* metadata
-    (:func:`joint_features`): what metadata a user could have recorded adds;
-    :data:`ORACLE_VARIANT` (only with ``oracle=True``) - the text embedding built with the attribute recorded. It
-    hands the slicer the answer, so it is an **oracle upper bound**, never a result (``status`` says so).
-
-    Per slicer seed and variant: the SliceFinder (the case's ``n_slices``, ``gamma``), the protocol's verdict
-    (``success``), and the *worst slice* (:func:`~.protocol.worst_slice`: lowest mean Dice among eligible slices,
-    chosen without the hidden attribute, as a user would): its purity, precision@10 (of its 10 highest-probability
-    samples, the share carrying the failure attribute), and its explanation from the remaining metadata
-    (``top_tokens``, ``top_token``). The ``oracle_*`` columns explain the same slices with the attribute recorded
-    and ask whether its token (:func:`attribute_token`) comes first (``oracle_names_attribute``), its rank
-    (``oracle_attribute_rank``) and whether some bottom slice (protocol's bottom 40 %, label-free) is named by it
-    (``oracle_names_attribute_bottom``): measures of the slices that read the hidden attribute, like purity.
-    Returns (one row per seed x variant, extras: the remaining metadata text, the hidden columns, global baselines
-    at 10 % and 20 % on the remaining metadata and, labelled oracle, with the attribute recorded, the text
-    embedding's name and the explanation tables of seed ``seeds[0]``: ``explanations`` from the remaining metadata,
-    ``explanations_oracle`` of the same slices with the attribute recorded).
-    """
-    from .embed import embed_dataset, performance_matrix
-    from .experiments import _reduced
-    from .inject import get_case
-    from .protocol import evaluate_slices, precision_at_k, worst_slice
-    from .slicer import SliceFinder
-
-    c = get_case(case)
-    emb = embed_dataset(table, embedder, "x0", run=run, cache_dir=cache_dir, progress=progress)
-    metrics = run.metrics().set_index("id").loc[emb.ids].reset_index()
-    dice = performance_matrix(metrics, ("dice",), ids=emb.ids)[:, 0]
-    test = table.split("test").df.set_index("id").loc[emb.ids].reset_index()
-    hidden_cols = hidden_columns(table.df, c.name)  # detected on every split: chance separations are rarer
-    meta = metadata_text(test, exclude=hidden_cols)           # what discovery and naming may read
-    meta_oracle = metadata_text(test)                         # with the attribute recorded: oracle only
-    X_oracle, vocab_oracle = tfidf(meta_oracle)
-    target = attribute_token(c.name)
-    texts = {"image+metadata": text_embedding(meta, clip=clip, n_components=n_components, random_state=0)}
-    if oracle:
-        texts[ORACLE_VARIANT] = text_embedding(meta_oracle, clip=clip, n_components=n_components, random_state=0)
-    clip_images = None
-    if clip is not None:
-        clip_images = embed_dataset(table, clip, "x0", run=run, cache_dir=cache_dir, progress=progress).X
-    reduced_cache = Path(cache_dir) / "reduced" if cache_dir is not None else None
-    rows, tables, oracle_tables = [], {}, {}
-    for seed in seeds:
-        Z = _reduced(emb.X, reduce, n_components, int(seed), reduced_cache)
-        variants = {"image": Z}
-        for name, (T, _) in texts.items():
-            if T.shape[1] != Z.shape[1]:
-                raise ValueError(f"the metadata supports only {T.shape[1]} text components but the image block has "
-                                 f"{Z.shape[1]}; pass a smaller n_components")
-            variants[name] = joint_features(Z, T)
-        for variant, F in variants.items():
-            sf = SliceFinder(n_slices=c.n_slices, gamma=gamma, reduce=None, random_state=int(seed)).fit(F, dice)
-            # --- discovery and naming end here; below, the hidden flag judges what was found
-            ex = explain_slices(sf.labels_, dice, meta["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices,
-                                clip=clip, image_embeddings=clip_images)
-            worst = worst_slice(sf.labels_, dice, n_slices=c.n_slices)
-            top = ex.at[worst, "top_tokens"]
-            hidden = metrics["failure"].astype(bool).to_numpy()
-            report = evaluate_slices(sf.labels_, dice, hidden, proba=sf.proba_, n_slices=c.n_slices)
-            named = explain_slices(sf.labels_, dice, meta_oracle["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices)
-            oracle_top = named.at[worst, "top_tokens"]
-            ref = named.at[worst, "reference_slice"]
-            rank = float("nan")
-            if oracle_top and not pd.isna(ref):
-                full = distinctiveness(X_oracle, vocab_oracle, sf.labels_ == worst, sf.labels_ == int(ref))
-                rank = int(list(full.index).index(target)) + 1 if target in full.index else float("nan")
-            bottom = report.table.loc[report.table["bottom"], "slice"].tolist()
-            rows.append({"case": c.name, "variant": variant,
-                         "status": ORACLE_LABEL if variant == ORACLE_VARIANT else "result",
-                         "slicer_seed": int(seed), "success": report.success,
-                         "worst_slice": worst, "worst_size": int(ex.at[worst, "size"]),
-                         "worst_dice": float(ex.at[worst, "mean_perf"]),
-                         "worst_purity": float(report.table.at[worst, "purity"]),
-                         "p_at_10_worst": float(precision_at_k(sf.proba_, hidden, 10)[worst]),
-                         "p_at_10_max": report.precision_at_k,
-                         "top_tokens": top, "top_scores": ex.at[worst, "top_scores"],
-                         "top_token": top[0] if top else None,
-                         "clip_score_diff": float(ex.at[worst, "clip_score_diff"]),
-                         "oracle_top_token": oracle_top[0] if oracle_top else None,
-                         "oracle_names_attribute": bool(oracle_top) and oracle_top[0] == target,
-                         "oracle_attribute_rank": rank,
-                         "oracle_names_attribute_bottom": any(named.at[b, "top_tokens"][:1] == [target]
-                                                              for b in bottom)})
-            if int(seed) == int(seeds[0]):
-                tables[variant], oracle_tables[variant] = ex, named
-    extras = {"metadata": meta, "hidden_columns": hidden_cols, "attribute_token": target,
-              "text_embedding": texts["image+metadata"][1], "global_10": global_baseline(meta, dice, 0.1),
-              "global_20": global_baseline(meta, dice, 0.2),
-              "global_10_oracle": global_baseline(meta_oracle, dice, 0.1),
-              "global_20_oracle": global_baseline(meta_oracle, dice, 0.2), "explanations": tables,
-              "explanations_oracle": oracle_tables,
-              "n_test": len(dice), "n_failure": int(metrics["failure"].astype(bool).sum())}
-    return pd.DataFrame(rows), extras
-
-
-def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """:func:`explain_case` rows (any number of cases/prevalences) aggregated over slicer seeds.
-
-    Per case, prevalence (when present) and variant: ``status`` ("result", or "oracle upper bound" for the
-    variant that recorded the attribute), detection rate, mean P@10 of the worst slice and the protocol's max P@10,
-    mean purity of the worst slice, the worst slice's most frequent top token from the remaining metadata
-    ("token (k/n)"), the mean CLIP score difference (NaN without CLIP), and - reading the hidden attribute, so
-    labelled oracle - the most frequent top token with the attribute recorded, the share of seeds where it is the
-    attribute's token, the median rank of that token, and the share where some bottom slice is named by it.
-    """
-    from .stats import with_detection_counts
-
-    keys = [k for k in ("case", "prevalence", "variant") if k in rows.columns]
-    if not len(rows):
-        raise ValueError("no rows to summarise")
-
-    def mode(tokens: pd.Series) -> str:
-        counts = tokens.fillna("-").value_counts()
-        return f"{counts.index[0]} ({counts.iloc[0]}/{len(tokens)})"
-
-    out = rows.groupby(keys, sort=False).agg(
-        status=("status", "first"), detection_rate=("success", "mean"), p_at_10_worst=("p_at_10_worst", "mean"),
-        p_at_10_max=("p_at_10_max", "mean"), worst_purity=("worst_purity", "mean"), top_token=("top_token", mode),
-        clip_score_diff=("clip_score_diff", "mean"), oracle_top_token=("oracle_top_token", mode),
-        oracle_names_attribute=("oracle_names_attribute", "mean"),
-        oracle_attribute_rank=("oracle_attribute_rank", "median"),
-        oracle_named_by_a_bottom_slice=("oracle_names_attribute_bottom", "mean"),
-        n_seeds=("success", "size")).reset_index()
-    return with_detection_counts(out)  # k/n and a 95 % Wilson interval beside the rate
-
-
-# ------------------------------------------------------------------------------------------------- plots
-def distinctiveness_plot(scores: dict[str, pd.Series], highlight: dict[str, str] | None = None, n_top: int = 6,
-                         title: str = "Most distinctive tokens of the worst slice"):
-    """One horizontal bar chart per entry (e.g. per case): the ``n_top`` tokens by distinctiveness; the token
-    in ``highlight[key]`` (the injected attribute, for an oracle figure that recorded it) is drawn in red, the
-    others in grey. Without ``highlight`` nothing is marked."""
-    import matplotlib.pyplot as plt
-
-    if not scores:
-        raise ValueError("distinctiveness_plot needs at least one series of scores")
-    highlight = highlight or {}
-    fig, axes = plt.subplots(1, len(scores), figsize=(3.6 * len(scores), 0.45 * n_top + 1.4), squeeze=False)
-    for ax, (key, s) in zip(axes[0], scores.items()):
-        s = s.iloc[:n_top][::-1]
-        colours = ["tab:red" if t == highlight.get(key) else "0.6" for t in s.index]
-        ax.barh([t.replace("_", " ") for t in s.index], s.to_numpy(), color=colours)
-        ax.axvline(0, color="k", lw=0.6)
-        target = highlight.get(key)
-        missing = f"\n({target.replace('_', ' ')!r} not in the top {n_top})" if target and target not in s.index else ""
-        ax.set_title(f"{key}{missing}", fontsize=9)
-        ax.set_xlabel("mean TF-IDF, slice - reference", fontsize=8)
-        ax.tick_params(labelsize=8)
-    fig.suptitle(title + (" (red: the injected attribute's token)" if highlight else ""), fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -26,9 +26,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import DatasetError, SampleTable, config_hash, write_png
-from .kernels import kernel_report, pinned
-from .metrics import metrics_table
+from seg4seg_utils.data.records import DatasetError, SampleTable, config_hash, write_png
+from seg4seg_utils.kernels import kernel_report, pinned
+from seg4seg_utils.model.metrics import metrics_table
 
 __all__ = ["TrainingSetupError", "TrainConfig", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
            "build_model", "Run", "train", "predict_split"]
@@ -154,7 +154,7 @@ def input_stats(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _normalise(x_uint8, device, encoder: str = "resnet34"):
+def normalise_images(x_uint8, device, encoder: str = "resnet34"):
     import torch
 
     mean_v, std_v = input_stats(encoder)
@@ -189,7 +189,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, str]:
     import segmentation_models_pytorch as smp
     import torch
 
-    from .pretrained import load_encoder_weights
+    from seg4seg_utils.model.pretrained import load_encoder_weights
 
     torch.manual_seed(cfg.seed)
     smp_weights = "imagenet" if cfg.encoder_weights == "imagenet" else None
@@ -256,7 +256,7 @@ def _run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | 
 def run_hash_payload(cfg: TrainConfig, dataset: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """What a run's folder hash is computed from: the config, the dataset and (when not the default) the
     kernel mode, since portable kernels train different weights (see :mod:`seg4seg_utils.kernels`)."""
-    from .kernels import kernel_mode
+    from seg4seg_utils.kernels import kernel_mode
 
     payload = {"train": asdict(cfg), **extra, "dataset_hash": dataset["config_hash"] or dataset["root"]}
     if kernel_mode() != "pinned":
@@ -264,7 +264,7 @@ def run_hash_payload(cfg: TrainConfig, dataset: dict[str, Any], **extra: Any) ->
     return payload
 
 
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
     tmp = path.with_suffix(".tmp")
@@ -281,7 +281,7 @@ def _evaluate(model, x_all, y_all, cfg: TrainConfig, device, amp: bool) -> tuple
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         for s in range(0, len(x_all), cfg.batch_size):
-            x = _normalise(x_all[s:s + cfg.batch_size], device, cfg.encoder)
+            x = normalise_images(x_all[s:s + cfg.batch_size], device, cfg.encoder)
             y = y_all[s:s + cfg.batch_size].to(device).float()
             logits = model(x).float()
             losses.append(loss_fn(logits, y).mean(dim=(1, 2, 3)).cpu())
@@ -361,7 +361,7 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
             total = 0.0
             for b in bar:
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x = _normalise(x_tr[idx], device, cfg.encoder)
+                x = normalise_images(x_tr[idx], device, cfg.encoder)
                 y = y_tr[idx].to(device).float()
                 x, y = augment_batch(x, y, cfg, gen)
                 if device.type == "cuda":
@@ -383,8 +383,8 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
                       f"val Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
             if val_dice > best:
                 best = val_dice
-                _save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
-            _save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
+            save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                 "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
                                                 "best": best})
             pd.DataFrame(history).to_csv(root / "history.csv", index=False)
@@ -418,7 +418,7 @@ def predict_split(model, table: SampleTable, cfg: TrainConfig, device, out_dir: 
     rows = []
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         for s in tqdm(range(0, len(table), cfg.batch_size), desc="predict", disable=not progress, leave=False):
-            x = _normalise(torch.from_numpy(x_all[s:s + cfg.batch_size]), device, cfg.encoder)
+            x = normalise_images(torch.from_numpy(x_all[s:s + cfg.batch_size]), device, cfg.encoder)
             prob = torch.sigmoid(model(x).float())
             for k in range(prob.shape[0]):
                 i = s + k

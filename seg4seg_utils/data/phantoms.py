@@ -23,7 +23,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from seg4seg_utils.data import SampleTable, assign_splits, build_dataset
+from seg4seg_utils.data.drawing import (MIN_DATASET_SIDE, Size, as_rng, fourier_series, image_shape, pixel_grid,
+                                        ramp, segment_distance, smooth_noise, to_uint8)
+from seg4seg_utils.data.records import SampleTable, assign_splits, build_dataset
 from seg4seg_utils.seeding import rng_for
 
 __all__ = [
@@ -36,74 +38,9 @@ __all__ = [
 # bumped per modality when its pixels change, so only that modality's cached datasets are invalidated
 GENERATOR_VERSIONS = {"ultrasound": "phantoms-1", "dermoscopy": "phantoms-2", "fundus": "phantoms-1"}
 
-_MIN_SIDE = 16  # the generators work down to this; datasets ask for at least _MIN_DATASET_SIDE
-_MIN_DATASET_SIDE = 32
 
-Size = int | tuple[int, int]
 # (image, mask), or (image, mask, attributes) with return_attributes=True
 Phantom = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, Any]]
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def _shape(size: Size) -> tuple[int, int]:
-    """(height, width) from an int or an (h, w) pair, refusing sizes too small to draw anything."""
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(v) for v in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"size must be an int or an (height, width) pair, got {size!r}") from None
-    if min(h, w) < _MIN_SIDE:
-        raise ValueError(f"size must be at least {_MIN_SIDE} pixels per side, got {h}x{w} (HxW)")
-    return h, w
-
-
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates as broadcastable float32 columns/rows (PIL's convention: centre = index)."""
-    return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
-
-
-def _noise(rng: np.random.Generator, shape: tuple[int, int], cells: float) -> np.ndarray:
-    """Smooth noise (mean ~0, std ~1) with about ``cells`` bumps across the shorter side.
-
-    Low-resolution white noise, upsampled bicubically: a fraction of the cost of filtering a full-size field.
-    """
-    h, w = shape
-    s = min(h, w)
-    lh, lw = max(2, round(cells * h / s)) + 1, max(2, round(cells * w / s)) + 1
-    low = rng.standard_normal((lh, lw), dtype=np.float32)
-    up = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
-    return (up - up.mean()) / (up.std() + 1e-6)
-
-
-def _ramp(x: np.ndarray | float) -> np.ndarray:
-    """Anti-aliased step: 0 below -0.5, 1 above 0.5 (x in pixels or any soft-edge unit)."""
-    return np.clip(np.asarray(x, dtype=np.float32) + 0.5, 0.0, 1.0)
-
-
-def _fourier_k(angle: np.ndarray, ks: Sequence[int], coef: Sequence[float], phase: Sequence[float]) -> np.ndarray:
-    """sum_i coef[i] * cos(ks[i] * angle + phase[i]): a random smooth periodic function of an angle."""
-    out = np.zeros_like(angle, dtype=np.float32)
-    for k, c, p in zip(ks, coef, phase):
-        out += np.float32(c) * np.cos(np.float32(k) * angle + np.float32(p))
-    return out
-
-
-def _segment_distance(xx: np.ndarray, yy: np.ndarray, p: tuple[float, float], q: tuple[float, float]) -> np.ndarray:
-    """Distance of every pixel to the line segment p-q."""
-    dx, dy = q[0] - p[0], q[1] - p[1]
-    t = np.clip(((xx - p[0]) * dx + (yy - p[1]) * dy) / max(dx * dx + dy * dy, 1e-6), 0.0, 1.0)
-    return np.hypot(xx - p[0] - t * dx, yy - p[1] - t * dy)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
-
-
-def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
-    # default_rng passes a Generator through unchanged, and lets quick experiments pass an int seed
-    return np.random.default_rng(rng)
 
 
 def _finish(image: np.ndarray, mask: np.ndarray, attributes: dict[str, Any], return_attributes: bool) -> Phantom:
@@ -180,7 +117,7 @@ def _arc(xx: np.ndarray, yy: np.ndarray, ox: float, oy: float, radius: float, mi
 
 def _skull_visibility(phi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Echo strength along the skull: smooth random variation times a few dropout gaps (shadowing, off-plane)."""
-    vis = 0.7 + _fourier_k(phi, range(1, 6), rng.normal(0, 1, 5) * np.array([0.22, 0.15, 0.1, 0.07, 0.05]),
+    vis = 0.7 + fourier_series(phi, range(1, 6), rng.normal(0, 1, 5) * np.array([0.22, 0.15, 0.1, 0.07, 0.05]),
                            rng.uniform(0, 2 * math.pi, 5))
     for _ in range(rng.integers(1, 5)):
         centre, half = rng.uniform(-math.pi, math.pi), rng.uniform(0.1, 0.5)
@@ -191,11 +128,11 @@ def _skull_visibility(phi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """HC18-like fetal-head ultrasound: (uint8 HxW image, bool HxW filled head ellipse[, attributes])."""
-    h, w = _shape(size)
-    rng = _as_rng(rng)
+    h, w = image_shape(size)
+    rng = as_rng(rng)
     s = min(h, w)
     px = s / 256  # one pixel at 256 px: textures and line widths scale with the image
-    yy, xx = _grid(h, w)
+    yy, xx = pixel_grid(h, w)
     fan = _sample_fan(h, w, rng)
     bx, by = xx - np.float32(fan["ax"]), yy - np.float32(fan["ay"])
     r = np.sqrt(bx * bx + by * by)
@@ -207,22 +144,22 @@ def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     mask = g["rho"] <= 1.0
 
     # maternal tissue / uterus: mid-grey with blotchy echogenicity and faint layers under the probe
-    echo = rng.uniform(0.3, 0.45) + 0.15 * _noise(rng, (h, w), 2.5) + 0.1 * _noise(rng, (h, w), 8)
+    echo = rng.uniform(0.3, 0.45) + 0.15 * smooth_noise(rng, (h, w), 2.5) + 0.1 * smooth_noise(rng, (h, w), 8)
     for _ in range(rng.integers(1, 4)):
         layer_r = fan["r0"] + rng.uniform(0.03, 0.3) * (fan["r1"] - fan["r0"])
         echo = echo + rng.uniform(0.15, 0.4) * np.exp(-((r - layer_r) / (rng.uniform(1, 3) * px)) ** 2)
     # amniotic fluid pocket around the head (dark); small pockets let tissue touch the skull -> ambiguous edges
     fluid_scale = rng.uniform(1.0, 1.7)
-    fluid_edge = fluid_scale * (1 + 0.18 * _noise(rng, (h, w), 4)) - g["rho"]
+    fluid_edge = fluid_scale * (1 + 0.18 * smooth_noise(rng, (h, w), 4)) - g["rho"]
     fluid = np.clip(fluid_edge / 0.08, 0, 1)
     echo = echo * (1 - fluid) + rng.uniform(0.03, 0.10) * fluid
     # brain: darker than tissue, with some structure; faint midline echo and thalami
-    inside = _ramp(-g["d"] / (1.5 * px))
-    brain = rng.uniform(0.12, 0.38) + 0.08 * _noise(rng, (h, w), 7)
+    inside = ramp(-g["d"] / (1.5 * px))
+    brain = rng.uniform(0.12, 0.38) + 0.08 * smooth_noise(rng, (h, w), 7)
     brain -= 0.08 * np.exp(-((np.abs(g["v"]) - 0.22 * head["b"]) ** 2 / (0.12 * head["b"]) ** 2
                               + (g["u"] / (0.3 * head["a"])) ** 2))  # thalami: darker ovals beside the midline
     midline = np.exp(-(g["v"] / (1.2 * px)) ** 2) * np.clip((0.85 - np.abs(g["u"]) / head["a"]) / 0.1, 0, 1)
-    brain += rng.uniform(0.15, 0.45) * midline * np.clip(0.6 + 0.6 * _noise(rng, (h, w), 10), 0, 1)  # broken line
+    brain += rng.uniform(0.15, 0.45) * midline * np.clip(0.6 + 0.6 * smooth_noise(rng, (h, w), 10), 0, 1)  # broken line
     echo = echo * (1 - inside) + np.maximum(brain, 0.02) * inside
 
     # skull: a thick bright ring just inside the outer contour, strongest where the beam hits it head-on
@@ -233,7 +170,7 @@ def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     vis = _skull_visibility(g["phi"], rng) * (0.15 + 0.85 * incidence ** rng.uniform(1.5, 3.0))
     skull_gain = rng.uniform(1.4, 2.6)
     # strong reflectors (bone, membranes) are specular: kept apart from the diffuse echo, they get less speckle
-    bright = skull_gain * ring * vis * (0.7 + 0.3 * _noise(rng, (h, w), 20))
+    bright = skull_gain * ring * vis * (0.7 + 0.3 * smooth_noise(rng, (h, w), 20))
     skull_visibility = float((ring * vis).sum() / max(float(ring.sum()), 1e-6))
 
     echo, extra, n_distractors = _us_distractors(echo, xx, yy, head, g["d"], fan, px, rng)
@@ -247,7 +184,7 @@ def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool 
         centre = head_theta + rng.uniform(-0.6, 0.6) * head["b"] / head_r
         width = rng.uniform(0.02, 0.08)
         beam = np.clip((width - np.abs(theta - centre)) / (0.5 * width), 0, 1)
-        shadow *= 1 - rng.uniform(0.3, 0.7) * beam * _ramp((r - head_r + 0.3 * head["b"]) / (4 * px))
+        shadow *= 1 - rng.uniform(0.3, 0.7) * beam * ramp((r - head_r + 0.3 * head["b"]) / (4 * px))
 
     # speckle: Rayleigh magnitude of smoothed complex noise, grains elongated across the beam
     sig = (1.0 * px, 1.7 * px)
@@ -264,12 +201,12 @@ def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     diffuse = 0.6 * (np.maximum(echo, 0) + near_field) * speckle
     intensity = gain * (diffuse + bright * (0.5 + 0.5 * speckle)) * atten * shadow
     img = 255 * (np.clip(intensity / 1.6, 0, 1) ** 0.9)
-    img *= _ramp((fan["half"] - np.abs(theta)) * r)  # anti-aliased fan sides
+    img *= ramp((fan["half"] - np.abs(theta)) * r)  # anti-aliased fan sides
     img[~in_fan] = 0  # black outside the fan, exactly
     attributes = {"head_fraction": round(float(mask.mean()), 5), "skull_visibility": round(skull_visibility, 4),
                   "fluid": round(float(fluid_scale - 1), 4), "gain": round(float(gain), 4),
                   "n_distractors": int(n_distractors)}
-    return _finish(_to_uint8(img), mask, attributes, return_attributes)
+    return _finish(to_uint8(img), mask, attributes, return_attributes)
 
 
 def _ellipse_point(e: dict[str, float], t: float, scale: float = 1.0) -> tuple[float, float]:
@@ -302,8 +239,8 @@ def _us_distractors(echo: np.ndarray, xx: np.ndarray, yy: np.ndarray, head: dict
         depth = rng.uniform(fan["r0"] + 0.05 * fan["r1"], fan["r1"])
         rr = np.hypot(xx - fan["ax"], yy - fan["ay"])
         thick = rng.uniform(0.06, 0.15) * fan["r1"]
-        band = _ramp((thick / 2 - np.abs(rr - depth)) / (3 * px)) * outside
-        echo = echo * (1 - band) + band * (0.55 + 0.12 * _noise(rng, echo.shape, 14))
+        band = ramp((thick / 2 - np.abs(rr - depth)) / (3 * px)) * outside
+        echo = echo * (1 - band) + band * (0.55 + 0.12 * smooth_noise(rng, echo.shape, 14))
         edge_r = depth - thick / 2 if rng.random() < 0.5 else depth + thick / 2
         extra += rng.uniform(0.5, 1.2) * np.exp(-((rr - edge_r) / (1.8 * px)) ** 2)
         n += 1
@@ -313,8 +250,8 @@ def _us_distractors(echo: np.ndarray, xx: np.ndarray, yy: np.ndarray, head: dict
         body = {"cx": bx, "cy": by, "a": a * rng.uniform(0.9, 1.3), "b": head["b"] * rng.uniform(0.75, 1.1),
                 "ang": rng.uniform(0, math.pi)}
         gb = _ellipse_fields(xx, yy, body)
-        inside = _ramp(-gb["d"] / (2 * px)) * outside
-        echo = echo * (1 - inside) + inside * (0.3 + 0.08 * _noise(rng, echo.shape, 8))
+        inside = ramp(-gb["d"] / (2 * px)) * outside
+        echo = echo * (1 - inside) + inside * (0.3 + 0.08 * smooth_noise(rng, echo.shape, 8))
         outline = np.exp(-(gb["d"] / (rng.uniform(2.0, 3.5) * px)) ** 2) * _skull_visibility(gb["phi"], rng)
         extra += rng.uniform(0.25, 0.6) * outline
         n += 1
@@ -325,7 +262,7 @@ def _us_distractors(echo: np.ndarray, xx: np.ndarray, yy: np.ndarray, head: dict
         direction = t + head["ang"] + math.pi / 2 + rng.normal(0, 0.5)  # roughly tangential to the skull
         length = rng.uniform(0.2, 0.5) * a
         q = (p[0] + length * math.cos(direction), p[1] + length * math.sin(direction))
-        extra += rng.uniform(0.8, 1.6) * np.exp(-(_segment_distance(xx, yy, p, q) / (rng.uniform(1.2, 2.5) * px)) ** 2)
+        extra += rng.uniform(0.8, 1.6) * np.exp(-(segment_distance(xx, yy, p, q) / (rng.uniform(1.2, 2.5) * px)) ** 2)
         n += 1
     return echo, extra * outside, n
 
@@ -337,18 +274,18 @@ _SKIN_DARK = np.array([150, 98, 70], dtype=np.float32)
 
 def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """ISIC-like dermoscopy image: (uint8 HxWx3 RGB, bool HxW lesion mask[, attributes])."""
-    h, w = _shape(size)
-    rng = _as_rng(rng)
+    h, w = image_shape(size)
+    rng = as_rng(rng)
     s = min(h, w)
     px = s / 256
-    yy, xx = _grid(h, w)
+    yy, xx = pixel_grid(h, w)
 
     # skin: tone varies between images (skewed light, as in ISIC), low-frequency mottling + fine grain
     tone = float(rng.beta(1.6, 3.0))
     base = (_SKIN_LIGHT + tone * (_SKIN_DARK - _SKIN_LIGHT) + rng.normal(0, [5, 5, 7])).astype(np.float32)
-    shade = 1 + 0.04 * _noise(rng, (h, w), 3) + 0.02 * _noise(rng, (h, w), 10)
-    grain = 0.025 * _noise(rng, (h, w), 60)
-    erythema = np.maximum(_noise(rng, (h, w), 4), 0) * rng.uniform(0.0, 0.08)  # patchy redness, never greenish
+    shade = 1 + 0.04 * smooth_noise(rng, (h, w), 3) + 0.02 * smooth_noise(rng, (h, w), 10)
+    grain = 0.025 * smooth_noise(rng, (h, w), 60)
+    erythema = np.maximum(smooth_noise(rng, (h, w), 4), 0) * rng.uniform(0.0, 0.08)  # patchy redness, never greenish
     skin = base[None, None, :] * (shade + grain)[..., None]
     skin *= (1 - erythema[..., None] * np.array([0.0, 1.0, 0.8], dtype=np.float32))
 
@@ -362,7 +299,7 @@ def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     dx, dy = xx - np.float32(cx), yy - np.float32(cy)
     dist = np.sqrt(dx * dx + dy * dy)
     ang = np.arctan2(dy, dx)
-    wobble = _fourier_k(ang, k, irregular * rng.normal(0, 1, k.size) / k ** 0.9, rng.uniform(0, 2 * math.pi, k.size))
+    wobble = fourier_series(ang, k, irregular * rng.normal(0, 1, k.size) / k ** 0.9, rng.uniform(0, 2 * math.pi, k.size))
     radius = mean_r * np.clip(1 + wobble, 0.4, 1.8)
     mask = dist < radius
     edge_w = rng.uniform(1.0, 4.0) * px
@@ -371,22 +308,22 @@ def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     # pigment: lighter at the rim, darker centre, multi-scale blotches, optional network, dots and veil
     depth = np.clip(1 - dist / np.maximum(radius, 1e-3), 0, 1)
     darkness = (rng.uniform(0.1, 0.6) + rng.uniform(0.1, 0.5) * np.sqrt(depth)
-                + 0.2 * _noise(rng, (h, w), 3) + 0.1 * _noise(rng, (h, w), 10))
+                + 0.2 * smooth_noise(rng, (h, w), 3) + 0.1 * smooth_noise(rng, (h, w), 10))
     # an off-centre dark blotch makes the pigmentation asymmetric
     bx, by = cx + rng.normal(0, 0.3) * mean_r, cy + rng.normal(0, 0.3) * mean_r
     darkness += rng.uniform(0.1, 0.4) * np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (rng.uniform(0.3, 0.6) * mean_r) ** 2)
     if rng.random() < 0.5:  # reticular pigment network, in patches
         darkness += rng.uniform(0.15, 0.35) * _network(rng, xx, yy, rng.uniform(6, 10) * px) \
-            * np.clip(0.6 + _noise(rng, (h, w), 4), 0, 1)
+            * np.clip(0.6 + smooth_noise(rng, (h, w), 4), 0, 1)
     if rng.random() < 0.5:  # dark dots and globules
-        darkness += 0.35 * np.clip((_noise(rng, (h, w), 35) - 1.8) / 0.3, 0, 1)
+        darkness += 0.35 * np.clip((smooth_noise(rng, (h, w), 35) - 1.8) / 0.3, 0, 1)
     darkness = np.clip(darkness, 0, 1.2)[..., None]
     # brown palette, but always darker than this patient's skin
     light_brown = np.minimum(base * np.array([0.82, 0.70, 0.64]), [180, 125, 92]).astype(np.float32)
     dark_brown = np.minimum(base * np.array([0.42, 0.30, 0.26]), [92, 58, 42]).astype(np.float32)
     lesion = light_brown + darkness * (dark_brown - light_brown)
     if rng.random() < 0.15:  # blue-white veil over part of the lesion
-        veil = np.clip(_noise(rng, (h, w), 3) - 0.5, 0, 1)[..., None] * rng.uniform(0.2, 0.45)
+        veil = np.clip(smooth_noise(rng, (h, w), 3) - 0.5, 0, 1)[..., None] * rng.uniform(0.2, 0.45)
         lesion = lesion * (1 - veil) + veil * np.array([110, 112, 135], dtype=np.float32)
     lesion *= (1 + 0.6 * grain)[..., None]
     alpha = alpha * np.clip(0.75 + depth / 0.2, 0, 1)  # pigment thins out just inside the border
@@ -402,7 +339,7 @@ def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     if dark_corners:
         field = rng.uniform(0.72, 0.95)
         fade = np.clip((field - rad) / rng.uniform(0.04, 0.14), 0, 1)[..., None]
-        corner = base * rng.uniform(0.12, 0.35) * (1 + 0.15 * _noise(rng, (h, w), 6))[..., None]
+        corner = base * rng.uniform(0.12, 0.35) * (1 + 0.15 * smooth_noise(rng, (h, w), 6))[..., None]
         img = img * fade + (1 - fade) * corner
 
     hair = bool(rng.random() < 0.3)
@@ -413,7 +350,7 @@ def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool 
     attributes = {"lesion_fraction": round(float(mask.mean()), 5), "skin_tone": round(tone, 4), "hair": hair,
                   "dark_corners": dark_corners, "center_offset": round(float(offset), 4),
                   "irregularity": round(float(irregular), 4)}
-    return _finish(_to_uint8(img), mask, attributes, return_attributes)
+    return _finish(to_uint8(img), mask, attributes, return_attributes)
 
 
 def _network(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, period: float) -> np.ndarray:
@@ -423,7 +360,7 @@ def _network(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, period: f
     f = np.zeros(shape, dtype=np.float32)
     for i in range(3):
         a = rot + i * 2 * math.pi / 3
-        f += np.cos(k * (xx * math.cos(a) + yy * math.sin(a)) + 2.2 * _noise(rng, shape, 18))
+        f += np.cos(k * (xx * math.cos(a) + yy * math.sin(a)) + 2.2 * smooth_noise(rng, shape, 18))
     return np.clip((-0.2 - f) / 0.8 + 0.5, 0, 1)  # cell centres (f high) stay clear, the rims between them fill
 
 
@@ -524,11 +461,11 @@ class _VesselTree:
 
 def fundus(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """FIVES-like colour fundus photograph: (uint8 HxWx3 RGB, bool HxW vessel mask[, attributes])."""
-    h, w = _shape(size)
-    rng = _as_rng(rng)
+    h, w = image_shape(size)
+    rng = as_rng(rng)
     s = min(h, w)
     scale = s / 256
-    yy, xx = _grid(h, w)
+    yy, xx = pixel_grid(h, w)
     cx, cy = (w - 1) / 2, (h - 1) / 2
     R = rng.uniform(0.45, 0.495) * s
     dfov = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
@@ -546,14 +483,14 @@ def fundus(size: Size, rng: np.random.Generator, *, return_attributes: bool = Fa
     ix, iy = cx + rng.normal(0, 0.15) * R, cy + rng.normal(0, 0.15) * R
     fall = rng.uniform(0.25, 0.6)
     light = illumination * (1 - fall * (((xx - ix) ** 2 + (yy - iy) ** 2) / (R * R)))
-    tex = 1 + 0.05 * _noise(rng, (h, w), 6) + 0.025 * _noise(rng, (h, w), 30)
+    tex = 1 + 0.05 * smooth_noise(rng, (h, w), 6) + 0.025 * smooth_noise(rng, (h, w), 30)
     # macula: broad darkening with a darker fovea; disc: a bright yellow-white spot with a paler cup and a glow
     dm = ((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / (R * R)
     macula = 1 - rng.uniform(0.2, 0.35) * np.exp(-dm / 0.03) - 0.1 * np.exp(-dm / 0.002)
     shade = np.clip(light * tex * macula, 0.05, None)
     img = colour[None, None, :] * shade[..., None]
     dd = np.sqrt((xx - disc[0]) ** 2 + (yy - disc[1]) ** 2) / disc_r
-    disc_a = np.clip((1 - dd) / 0.12 + 0.5, 0, 1) * (0.85 + 0.15 * _noise(rng, (h, w), 25))
+    disc_a = np.clip((1 - dd) / 0.12 + 0.5, 0, 1) * (0.85 + 0.15 * smooth_noise(rng, (h, w), 25))
     glow = 0.25 * np.exp(-np.maximum(dd - 1, 0) ** 2 / 0.6)
     disc_rgb = np.array([250, 205, 130], dtype=np.float32) * min(1.0, illumination + 0.15)
     cup = np.clip((rng.uniform(0.35, 0.6) - dd) / 0.15, 0, 1)
@@ -567,12 +504,12 @@ def fundus(size: Size, rng: np.random.Generator, *, return_attributes: bool = Fa
     dark = ndimage.gaussian_filter(dark, 0.45 * scale)
     img *= (1 - dark[..., None] * np.array([0.6, 1.25, 1.05], dtype=np.float32))
 
-    img *= _ramp(R - 0.5 - dfov)[..., None]  # black outside the circular field of view
+    img *= ramp(R - 0.5 - dfov)[..., None]  # black outside the circular field of view
     img = ndimage.gaussian_filter(img, (0.5 * scale, 0.5 * scale, 0)) if scale > 1.5 else img
     img += 1.5 * rng.standard_normal(img.shape, dtype=np.float32) * fov[..., None]
     attributes = {"disc_side": side, "vessel_fraction": round(float(vessels.mean()), 5),
                   "illumination": round(illumination, 4), "fov_fraction": round(float(fov.mean()), 4)}
-    return _finish(_to_uint8(img), vessels, attributes, return_attributes)
+    return _finish(to_uint8(img), vessels, attributes, return_attributes)
 
 
 def _draw_vessels(shape: tuple[int, int], rng: np.random.Generator, centre: tuple[float, float], R: float,
@@ -615,11 +552,11 @@ def generate_phantom_dataset(modality: str, root: str | Path, n: int, size: Size
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 3:
         raise ValueError(f"n must be an integer of at least 3 (one sample per split at best), got {n!r}")
     try:
-        hw = _shape(size)
+        hw = image_shape(size)
     except ValueError:
         hw = None
-    if hw is None or min(hw) < _MIN_DATASET_SIDE:
-        raise ValueError(f"size must be an int (or an (height, width) pair) of at least {_MIN_DATASET_SIDE} pixels, "
+    if hw is None or min(hw) < MIN_DATASET_SIDE:
+        raise ValueError(f"size must be an int (or an (height, width) pair) of at least {MIN_DATASET_SIDE} pixels, "
                          f"got {size!r}")
     n, seed = int(n), int(seed)
     fractions = [float(f) for f in fractions]

@@ -31,10 +31,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import SampleTable, read_mask
+from seg4seg_utils.data.records import SampleTable, read_mask
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .train import Run
+    from seg4seg_utils.model.train import Run
 
 __all__ = [
     "EmbedderUnavailable", "Embedder", "ClipEmbedder", "EfficientNetLite0Embedder", "SegmentationEncoderEmbedder",
@@ -128,7 +128,7 @@ class Embedder:
 
     def key_fields(self) -> dict[str, Any]:
         """What identifies this embedder's output in a cache key (the numerics too: see :mod:`.kernels`)."""
-        from .kernels import EMBED_THREADS, kernel_key
+        from seg4seg_utils.kernels import EMBED_THREADS, kernel_key
 
         return {"embedder": self.key_name, "weights_id": self.weights_id, "dim": self.dim,
                 "kernels": kernel_key(EMBED_THREADS) if self.device.type == "cpu" else self.device.type}
@@ -145,7 +145,7 @@ class Embedder:
         """Embed images (uint8 HxW or HxWx3, any size) -> float32 (n, dim), in batches, without gradients."""
         import torch
 
-        from .kernels import EMBED_THREADS, pinned
+        from seg4seg_utils.kernels import EMBED_THREADS, pinned
 
         images = _image_list(images)
         bs = int(batch_size or self.batch_size)
@@ -169,7 +169,7 @@ def _rebuild_embedder(cls: type, recipe: tuple) -> "Embedder":
     if key not in _WORKER_EMBEDDERS:
         kwargs = dict(recipe)
         if "run_root" in kwargs:  # SegmentationEncoderEmbedder travels as its run folder
-            from .train import Run
+            from seg4seg_utils.model.train import Run
 
             kwargs["run"] = Run.from_folder(kwargs.pop("run_root"))
         _WORKER_EMBEDDERS[key] = cls(**kwargs)
@@ -311,7 +311,7 @@ class ClipEmbedder(Embedder):
                 raise EmbedderUnavailable(f"the tokenizer of CLIP {self.model_name} could not be loaded offline "
                                           f"({type(exc).__name__}: {exc}); warm its Hugging Face cache on a machine "
                                           "with internet") from exc
-        from .kernels import EMBED_THREADS, pinned
+        from seg4seg_utils.kernels import EMBED_THREADS, pinned
 
         out = []
         with torch.inference_mode(), pinned(EMBED_THREADS, self.device):
@@ -335,7 +335,7 @@ class EfficientNetLite0Embedder(Embedder):
     def __init__(self, device: str | None = None, batch_size: int = 32) -> None:
         import timm
 
-        from .pretrained import lite0_state_dict_for_timm, packaged_lite0_path
+        from seg4seg_utils.model.pretrained import lite0_state_dict_for_timm, packaged_lite0_path
 
         super().__init__(device, batch_size)
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
@@ -368,7 +368,7 @@ class SegmentationEncoderEmbedder(Embedder):
         super().__init__(device, batch_size)
         ckpt = Path(run.root) / f"{which}.pt"
         if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt}: checkpoint not found; train the run first (seg4seg_utils.train.train)")
+            raise FileNotFoundError(f"{ckpt}: checkpoint not found; train the run first (seg4seg_utils.model.train.train)")
         model = run.load_model(which)
         self.encoder = model.encoder.eval().to(self.device)
         self.run = run
@@ -393,9 +393,9 @@ class SegmentationEncoderEmbedder(Embedder):
         return torch.from_numpy(np.ascontiguousarray(arr))
 
     def _forward(self, x):
-        from .train import _normalise
+        from seg4seg_utils.model.train import normalise_images
 
-        return self.encoder(_normalise(x, self.device, self.run.config.encoder))[-1].float().mean(dim=(2, 3))
+        return self.encoder(normalise_images(x, self.device, self.run.config.encoder))[-1].float().mean(dim=(2, 3))
 
 
 def default_embedder(clip_weights: str | os.PathLike | None = None, clip_model: str = "ViT-B-32",
@@ -454,7 +454,7 @@ class Embeddings:
         return len(self.ids)
 
 
-def _prediction_paths(run: "Run", ids: list[str]) -> dict[str, Path]:
+def prediction_paths(run: "Run", ids: list[str]) -> dict[str, Path]:
     """Predicted-mask file of every id, through the run's metrics table."""
     metrics_path = Path(run.root) / "metrics.csv"
     if not metrics_path.is_file():
@@ -481,7 +481,7 @@ def _run_fingerprint(run: "Run") -> str:
     return hashlib.sha256(done.read_bytes()).hexdigest()[:12] if done.is_file() else "not-done"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
@@ -502,7 +502,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], X: np.ndarray, embedder_name: str,
                seconds: float) -> None:
-    """Write an embedding array and its JSON sidecar (key, ids, checksum) atomically, for :func:`_load_cache`."""
+    """Write an embedding array and its JSON sidecar (key, ids, checksum) atomically, for :func:`load_cache`."""
     meta = {"key": key, "ids": ids, "embedder_name": embedder_name, "shape": list(X.shape), "dtype": "float32",
             "sha256": hashlib.sha256(X.tobytes()).hexdigest(), "seconds": seconds,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -510,7 +510,7 @@ def save_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], X:
     _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
 
 
-def _load_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], dim: int) -> tuple[np.ndarray | None, str]:
+def load_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], dim: int) -> tuple[np.ndarray | None, str]:
     """The cached array when it matches (key, ids, shape, checksum), else None and the reason."""
     if not (npy.is_file() and sidecar.is_file()):
         return None, "absent"
@@ -540,7 +540,7 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
         raise ValueError("variant 'x0*M_pred' needs run= (the trained run whose predicted masks zero the background)")
     sub = table.split(split)
     ids = sub.df["id"].astype(str).tolist()
-    preds = _prediction_paths(run, ids) if variant == "x0*M_pred" else None
+    preds = prediction_paths(run, ids) if variant == "x0*M_pred" else None
     key: dict[str, Any] = {
         "format": CACHE_FORMAT, **embedder.key_fields(), "variant": variant,
         "dataset": table.meta.get("config_hash") or str(Path(table.root).resolve()), "split": split,
@@ -551,14 +551,14 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
 
     npy = sidecar = None
     if cache_dir is not None:
-        from .data import config_hash
+        from seg4seg_utils.data.records import config_hash
 
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        stem = f"{_slug(Path(table.root).name)}_{split}_{_slug(variant.replace('*', '-'))}_{_slug(embedder.key_name)}"
+        stem = f"{slug(Path(table.root).name)}_{split}_{slug(variant.replace('*', '-'))}_{slug(embedder.key_name)}"
         stem += f"_{config_hash(key)}"
         npy, sidecar = cache / f"{stem}.npy", cache / f"{stem}.json"
-        X, why = _load_cache(npy, sidecar, key, ids, embedder.dim)
+        X, why = load_cache(npy, sidecar, key, ids, embedder.dim)
         if X is not None:
             meta = json.loads(sidecar.read_text())
             return Embeddings(ids, X, key, embedder.name, npy, True, float(meta.get("seconds", 0.0)))

@@ -1,0 +1,80 @@
+"""Dimensionality reduction of image embeddings (UMAP to 8-d in the paper), written once and cached once.
+
+:func:`reduce_embeddings` fits a reducer; :func:`cached_reduction` is what every study calls: the same reduction,
+stored on disk by a hash of its input, so settings that differ only after the reduction (gamma, likelihood
+form, performance columns, patch aggregation) share one UMAP fit per embedding and seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["as_matrix", "reduce_embeddings", "cached_reduction"]
+
+def as_matrix(a: np.ndarray, name: str, one_d: bool = True) -> np.ndarray:
+    """``a`` as a finite float64 (samples x features) matrix (1-d: one feature, unless ``one_d=False``, which
+    asks for a 2-d array as scikit-learn's estimators do), or a ValueError naming it.
+
+    scikit-learn's ``check_array`` does the type checks (sparse, complex, object, empty input), so every slicer
+    refuses bad input with scikit-learn's messages; the shape and finiteness messages name the argument.
+    """
+    from sklearn.utils import check_array
+
+    a = check_array(a, dtype=np.float64, ensure_2d=not one_d, allow_nd=True, ensure_all_finite=False,
+                    input_name=name)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 1-d or 2-d (samples x features), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]}); "
+                         "drop or fix those samples first")
+    return a
+
+
+def reduce_embeddings(X: np.ndarray, method: str | None = "umap", n_components: int = 8,
+                      random_state: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1):
+    """Fit a reducer (UMAP, PCA or none) and return (reducer or None, reduced float64 array)."""
+    X = as_matrix(X, "embeddings")
+    if method is None or method == "none" or X.shape[1] <= n_components:
+        return None, X
+    if method == "umap":
+        import umap  # imported lazily: the first import compiles numba code (~15 s)
+
+        reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, len(X) - 1),
+                            min_dist=min_dist, random_state=random_state,
+                            n_jobs=1 if random_state is not None else -1)
+    elif method == "pca":
+        from sklearn.decomposition import PCA
+
+        reducer = PCA(n_components=n_components, random_state=random_state)
+    else:
+        raise ValueError(f"reduce must be 'umap', 'pca' or None, got {method!r}")
+    return reducer, np.asarray(reducer.fit_transform(X), dtype=np.float64)
+
+
+def cached_reduction(X: np.ndarray, method: str | None, n_components: int, seed: int,
+                     cache_dir: str | os.PathLike | None) -> np.ndarray:
+    """UMAP/PCA of ``X``, cached on disk by content hash: settings that differ only after the reduction
+    (gamma, likelihood form, performance columns) share one UMAP fit per embedding and seed. The key names
+    the CPU numerics too (numpy's SIMD level moves UMAP: see :mod:`.kernels`)."""
+    from seg4seg_utils.kernels import kernel_key
+
+    if cache_dir is None or method in (None, "none"):
+        return reduce_embeddings(X, method, n_components, seed)[1]
+    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()[:16]
+    numerics = hashlib.sha256(kernel_key(None).encode()).hexdigest()[:8]
+    path = Path(cache_dir) / f"{method}{n_components}-seed{seed}-{digest}-{numerics}.npy"
+    if path.is_file():
+        return np.load(path)
+    Z = reduce_embeddings(X, method, n_components, seed)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, Z)
+    os.replace(tmp, path)  # parallel workers may race to write the same file: last one wins, both identical
+    return Z
