@@ -15,8 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from seg4seg_utils.data.records import SPLITS, DatasetError, SampleTable
 from seg4seg_utils.data.real_data import prepare_fives, prepare_hc18, prepare_isic2018
+from seg4seg_utils.data.records import SPLITS, DatasetError, SampleTable
 
 FIVES_QUALITY_NAME = "Quality Assessment.xlsx"
 

@@ -80,8 +80,8 @@ def umap_child() -> dict:
 
     import numpy as np
 
-    from seg4seg_utils.kernels import numpy_simd
     from seg4seg_utils.discovery.reduce import reduce_embeddings
+    from seg4seg_utils.kernels import numpy_simd
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, 1280))

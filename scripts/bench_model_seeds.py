@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     from seg4seg_utils.config import get_preset
     from seg4seg_utils.discovery.embed import default_embedder
-    from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
     from seg4seg_utils.discovery.judge import SlicerSettings
+    from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
     from seg4seg_utils.studies.pipeline import case_datasets, train_grid
 
     t0 = time.perf_counter()

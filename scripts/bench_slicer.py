@@ -20,8 +20,8 @@ from pathlib import Path
 def one(n: int, dim: int, seed: int, umap_jobs: int) -> dict:
     import numpy as np
 
-    from seg4seg_utils.discovery.slicer import SliceFinder
     from seg4seg_utils.discovery.reduce import reduce_embeddings
+    from seg4seg_utils.discovery.slicer import SliceFinder
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 3, (12, dim)).astype(np.float32)

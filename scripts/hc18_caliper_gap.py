@@ -15,13 +15,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
-from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
-from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.data.inject import CaliperStyle, inject, injected_name
-from seg4seg_utils.model.metrics import subgroup_gap
 from seg4seg_utils.data.real_data import prepare_hc18
+from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
+from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.model.metrics import subgroup_gap
 from seg4seg_utils.model.train import train, train_preset
+from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
 
 STYLES = {"full": CaliperStyle(), "crosses": CaliperStyle(dotted_trace=False)}
 

@@ -83,9 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2
     if args.command == "run":
-        from seg4seg_utils.studies.pipeline import run_job
         from seg4seg_utils.discovery.embed import EmbedderUnavailable
         from seg4seg_utils.model.train import TrainingSetupError
+        from seg4seg_utils.studies.pipeline import run_job
 
         t0 = time.perf_counter()
         try:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from seg4seg_utils.report.browser import NO_EXPLANATION, SliceBrowser, normalise_explanations
 from seg4seg_utils.data.records import SampleTable, write_png
+from seg4seg_utils.report.browser import NO_EXPLANATION, SliceBrowser, normalise_explanations
 
 N = 12
 # slice 0: members 0-3 (good), slice 1: members 4-7 (bad, all carry the attribute), slice 2: members 8-11, slice 3: empty

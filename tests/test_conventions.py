@@ -84,14 +84,11 @@ def test_notebooks_use_public_names_only():
     """A notebook is a reader's first example: it must not call ``module._private``."""
     offenders = []
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
-        for cell in json.loads(nb.read_text())["cells"]:
-            if cell["cell_type"] != "code":
-                continue
-            src = "".join(cell["source"])
-            aliases = set(re.findall(r"from seg4seg_utils[.\w]* import (\w+)(?: as (\w+))?", src)) | {("su", "")}
-            for name, alias in aliases:
-                for hit in re.findall(rf"\b{alias or name}\._[a-z]\w*", src):
-                    offenders.append(f"{nb.name}: {hit}")
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        aliases = set(re.findall(r"from seg4seg_utils[.\w]* import (\w+)(?: as (\w+))?", code)) | {("su", "")}
+        for name, alias in aliases:
+            for hit in re.findall(rf"\b{alias or name}\._[a-z]\w*", code):
+                offenders.append(f"{nb.name}: {hit}")
     assert not offenders, "notebooks use private names:\n" + "\n".join(offenders)
 
 

@@ -6,8 +6,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from seg4seg_utils.data.records import (DatasetError, assign_splits, build_dataset, config_hash, read_dataset, read_mask,
-                                validate_dataset)
+from seg4seg_utils.data.records import (
+    DatasetError,
+    assign_splits,
+    build_dataset,
+    config_hash,
+    read_dataset,
+    read_mask,
+    validate_dataset,
+)
 
 
 def tiny_dataset(root, n=6, size=(12, 10), config=None):

@@ -11,12 +11,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from seg4seg_utils.discovery import embed as E
-from seg4seg_utils.data.records import SampleTable
-from seg4seg_utils.data.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
-
 from conftest import TINY_CLIP, counting_embedder
+
+from seg4seg_utils.data.phantoms import dermoscopy, fundus, generate_phantom_dataset, ultrasound
+from seg4seg_utils.data.records import SampleTable
+from seg4seg_utils.discovery import embed as E
 
 
 # ------------------------------------------------------------------------------------------- fixtures

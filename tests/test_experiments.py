@@ -7,8 +7,8 @@ import pytest
 
 from seg4seg_utils.config import get_preset
 from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
-from seg4seg_utils.studies.benchmark import load_run, benchmark_items, detection_table, run_benchmark
 from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, load_run, run_benchmark
 from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
 
 

@@ -12,11 +12,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from seg4seg_utils.discovery import explain as X
-
 from conftest import TINY_CLIP
 
+from seg4seg_utils.discovery import explain as X
 
 # ------------------------------------------------------------------------------------------------ TF-IDF
 DOCS = [["a", "b"], ["a"], ["b", "c"]]

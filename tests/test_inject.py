@@ -4,10 +4,22 @@ import hashlib
 import numpy as np
 import pytest
 
+from seg4seg_utils.data.inject import (
+    CASES,
+    CaliperStyle,
+    CropParams,
+    PolygonParams,
+    QualityParams,
+    crop_and_resize,
+    degrade_quality,
+    draw_calipers,
+    ellipse_from_mask,
+    inject,
+    injected_name,
+    polygonize_mask,
+    select_failure_samples,
+)
 from seg4seg_utils.data.records import SPLITS, build_dataset, read_dataset
-from seg4seg_utils.data.inject import (CASES, CaliperStyle, CropParams, PolygonParams, QualityParams, crop_and_resize,
-                                  degrade_quality, draw_calipers, ellipse_from_mask, inject, injected_name,
-                                  polygonize_mask, select_failure_samples)
 from seg4seg_utils.model.metrics import segmentation_metrics
 
 

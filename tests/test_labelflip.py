@@ -8,11 +8,10 @@ import pandas as pd
 import pytest
 
 from seg4seg_utils.data import twin_cells
-from seg4seg_utils.model import label_flips
-from seg4seg_utils.model import multiclass
+from seg4seg_utils.data.records import DatasetError, SampleTable, read_mask
+from seg4seg_utils.model import label_flips, multiclass
 from seg4seg_utils.report import labelflip_plots
 from seg4seg_utils.studies import labelflip as lf
-from seg4seg_utils.data.records import DatasetError, SampleTable, read_mask
 
 
 # ----------------------------------------------------------------------------------------- decomposition

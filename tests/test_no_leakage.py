@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from seg4seg_utils.discovery import protocol
-from seg4seg_utils.data.records import write_png
-
 from conftest import counting_embedder
+
+from seg4seg_utils.data.records import write_png
+from seg4seg_utils.discovery import protocol
 
 CASE = "D"
 KEEP = ("id", "split", "image", "mask")   # what a sample *is*; everything else is an attribute column
@@ -158,8 +157,8 @@ HOW = ["shuffle", "delete"]
 @pytest.mark.parametrize("variant", ["x0", "x0*M_pred"])
 def test_image_level_benchmark_item(injected, run_root, tmp_path, spy, how, variant):
     from seg4seg_utils.discovery.embed import embed_dataset
-    from seg4seg_utils.studies.benchmark import BenchmarkItem, load_run, run_item
     from seg4seg_utils.discovery.judge import SlicerSettings
+    from seg4seg_utils.studies.benchmark import BenchmarkItem, load_run, run_item
 
     cols = attribute_columns(injected)
     other_table = perturbed_table(injected, how)
@@ -181,8 +180,8 @@ def test_image_level_benchmark_item(injected, run_root, tmp_path, spy, how, vari
 def test_slice_finder_on_embeddings(injected, run_root, how):
     """The SliceFinder itself, UMAP included: embeddings and Dice in, nothing else."""
     from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
-    from seg4seg_utils.studies.benchmark import load_run
     from seg4seg_utils.discovery.slicer import SliceFinder
+    from seg4seg_utils.studies.benchmark import load_run
 
     metrics = load_run(run_root).metrics()
     fits = []
@@ -198,11 +197,10 @@ def test_slice_finder_on_embeddings(injected, run_root, how):
 # ------------------------------------------------------------------------------------------ patch level
 @pytest.mark.parametrize("how", HOW)
 def test_patch_level(injected, run_root, tmp_path, spy, how):
-    from seg4seg_utils.studies.benchmark import load_run
     from seg4seg_utils.discovery.patches import PatchSliceFinder, patch_dataset
-    from seg4seg_utils.studies.patch_study import run_patch_item
-    from seg4seg_utils.studies.patch_study import PatchBenchmarkItem
     from seg4seg_utils.discovery.reduce import reduce_embeddings
+    from seg4seg_utils.studies.benchmark import load_run
+    from seg4seg_utils.studies.patch_study import PatchBenchmarkItem, run_patch_item
 
     other_run = perturbed_run(run_root, attribute_columns(injected), how, tmp_path)
     results = []
@@ -239,8 +237,8 @@ def _fits_by_variant(rows, calls):
 
 @pytest.mark.parametrize("how", HOW)
 def test_multimodal_honest_variants(injected, run_root, spy, how):
-    from seg4seg_utils.studies.benchmark import load_run
     from seg4seg_utils.discovery.explain import HONEST_VARIANTS, ORACLE_VARIANT, hidden_columns
+    from seg4seg_utils.studies.benchmark import load_run
 
     metrics = load_run(run_root).metrics()
     hidden = hidden_columns(injected, CASE)

@@ -7,15 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import counting_embedder
 
+from seg4seg_utils.data.phantoms import generate_phantom_dataset
+from seg4seg_utils.data.records import write_png
 from seg4seg_utils.discovery import patches as P
+from seg4seg_utils.discovery.protocol import evaluate_slices
 from seg4seg_utils.report import patch_plots
 from seg4seg_utils.studies import patch_study
-from seg4seg_utils.data.records import write_png
-from seg4seg_utils.data.phantoms import generate_phantom_dataset
-from seg4seg_utils.discovery.protocol import evaluate_slices
-
-from conftest import counting_embedder
 
 
 # ------------------------------------------------------------------------------------------ patching

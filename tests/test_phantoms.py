@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from seg4seg_utils.data.records import SPLITS, DatasetError, read_dataset
 from seg4seg_utils.data.phantoms import MODALITIES, dermoscopy, fundus, generate_phantom_dataset, ultrasound
+from seg4seg_utils.data.records import SPLITS, DatasetError, read_dataset
 
 
 def _rng(seed: int) -> np.random.Generator:

@@ -4,8 +4,14 @@ import pandas as pd
 import pytest
 from scipy.stats import f_oneway
 
-from seg4seg_utils.discovery.protocol import (SliceReport, evaluate_slices, min_slice_size, omega_squared, precision_at_k,
-                                    slice_table)
+from seg4seg_utils.discovery.protocol import (
+    SliceReport,
+    evaluate_slices,
+    min_slice_size,
+    omega_squared,
+    precision_at_k,
+    slice_table,
+)
 
 
 # --------------------------------------------------------------------------- omega^2

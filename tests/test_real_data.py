@@ -11,13 +11,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, shared_data_dir
 from PIL import Image, ImageDraw
 
-from conftest import REPO_ROOT, shared_data_dir
 from data_prep.__main__ import main
+from seg4seg_utils.data.real_data import (
+    DataPrepWarning,
+    fill_outline,
+    head_circumference_mm,
+    isic_annotation_styles,
+    prepare_fives,
+    prepare_hc18,
+    prepare_isic2018,
+    read_fives_quality,
+)
 from seg4seg_utils.data.records import DatasetError, read_dataset, read_mask
-from seg4seg_utils.data.real_data import (DataPrepWarning, fill_outline, head_circumference_mm, isic_annotation_styles,
-                                     prepare_fives, prepare_hc18, prepare_isic2018, read_fives_quality)
 
 RNG = np.random.default_rng(0)
 

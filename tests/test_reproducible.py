@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from seg4seg_utils import kernels
-from seg4seg_utils.report.compare import detection_rows, diff_job_outputs
 from seg4seg_utils.model.train import TrainConfig, train_preset
+from seg4seg_utils.report.compare import detection_rows, diff_job_outputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,8 +170,8 @@ GOLDEN_UMAP = "f64700af6b8cc1d4"
 
 
 def test_generated_data_match_the_reference_machine(tmp_path):
-    from seg4seg_utils.report.compare import dataset_digest
     from seg4seg_utils.data.phantoms import generate_phantom_dataset
+    from seg4seg_utils.report.compare import dataset_digest
 
     generate_phantom_dataset("dermoscopy", tmp_path / "d", 4, 256, seed=0, progress=False)
     assert dataset_digest(tmp_path / "d")[:16] == GOLDEN_DERMOSCOPY, f"numpy SIMD level {kernels.numpy_simd()}"

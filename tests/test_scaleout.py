@@ -5,10 +5,10 @@ import pickle
 import numpy as np
 import pytest
 
-from seg4seg_utils.studies import scaleout
-from seg4seg_utils.discovery.embed import Embedder, EfficientNetLite0Embedder, SegmentationEncoderEmbedder
-from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
+from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder, Embedder, SegmentationEncoderEmbedder
 from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.studies import scaleout
+from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
 from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
 
 PROVENANCE = ("seconds_reduce", "seconds_fit", "worker", "started")

@@ -5,8 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4seg_utils.stats import (detection_display, detection_pivot, rate_label, wilson_interval,
-                                 with_detection_counts)
+from seg4seg_utils.stats import detection_display, detection_pivot, rate_label, wilson_interval, with_detection_counts
 
 
 def wilson_by_hand(k, n, z=1.959963984540054):

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from seg4seg_utils.model import train as T
-from seg4seg_utils.data.records import DatasetError, SampleTable
 from seg4seg_utils.data.inject import inject
 from seg4seg_utils.data.phantoms import generate_phantom_dataset
+from seg4seg_utils.data.records import DatasetError, SampleTable
+from seg4seg_utils.model import train as T
 from seg4seg_utils.model.train import TrainConfig, augment_batch, build_model, select_device, train, train_preset
 
 

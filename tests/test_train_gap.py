@@ -2,8 +2,8 @@
 import pytest
 
 from seg4seg_utils.data.inject import inject
-from seg4seg_utils.model.metrics import subgroup_gap
 from seg4seg_utils.data.phantoms import generate_phantom_dataset
+from seg4seg_utils.model.metrics import subgroup_gap
 from seg4seg_utils.model.train import train, train_preset
 
 

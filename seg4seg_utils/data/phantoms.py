@@ -23,8 +23,18 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from seg4seg_utils.data.drawing import (MIN_DATASET_SIDE, Size, as_rng, fourier_series, image_shape, pixel_grid,
-                                        ramp, segment_distance, smooth_noise, to_uint8)
+from seg4seg_utils.data.drawing import (
+    MIN_DATASET_SIDE,
+    Size,
+    as_rng,
+    fourier_series,
+    image_shape,
+    pixel_grid,
+    ramp,
+    segment_distance,
+    smooth_noise,
+    to_uint8,
+)
 from seg4seg_utils.data.records import SampleTable, assign_splits, build_dataset
 from seg4seg_utils.seeding import rng_for
 

@@ -21,8 +21,16 @@ from PIL import Image
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
-from seg4seg_utils.data.records import SPLITS, DatasetError, DatasetWriter, SampleTable, assign_splits, build_dataset, read_image
 from seg4seg_utils.data.inject import ellipse_from_mask
+from seg4seg_utils.data.records import (
+    SPLITS,
+    DatasetError,
+    DatasetWriter,
+    SampleTable,
+    assign_splits,
+    build_dataset,
+    read_image,
+)
 
 __all__ = [
     "DataPrepWarning", "CONVERTER_VERSION",

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "EmbedderUnavailable", "Embedder", "ClipEmbedder", "EfficientNetLite0Embedder", "SegmentationEncoderEmbedder",
     "default_embedder", "VARIANTS", "apply_variant", "Embeddings", "embed_dataset", "performance_matrix",
-    "weights_file_id",
+    "weights_file_id", "prediction_paths", "slug", "save_cache", "load_cache", "stack_and_cache",
 ]
 
 VARIANTS: tuple[str, ...] = ("x0", "x0*M_GT", "x0*M_pred")
@@ -510,6 +510,19 @@ def save_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], X:
     _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=1) + "\n").encode()))
 
 
+def stack_and_cache(chunks: list[np.ndarray], ids: list[str], embedder: Embedder, t0: float, npy: Path | None,
+                    sidecar: Path | None, key: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """The embedded batches as one contiguous float32 array (one row per id, checked), written to the cache when
+    ``npy`` is given; returns (array, seconds since ``t0``)."""
+    X = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+    seconds = time.perf_counter() - t0
+    if X.shape != (len(ids), embedder.dim):
+        raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(ids)}, {embedder.dim})")
+    if npy is not None:
+        save_cache(npy, sidecar, key, ids, X, embedder.name, seconds)
+    return X, seconds
+
+
 def load_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], dim: int) -> tuple[np.ndarray | None, str]:
     """The cached array when it matches (key, ids, shape, checksum), else None and the reason."""
     if not (npy.is_file() and sidecar.is_file()):
@@ -583,13 +596,7 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
             bar.update(len(batch))
     finally:
         bar.close()
-    X = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
-    seconds = time.perf_counter() - t0
-    if X.shape != (len(ids), embedder.dim):
-        raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(ids)}, {embedder.dim})")
-
-    if npy is not None:
-        save_cache(npy, sidecar, key, ids, X, embedder.name, seconds)
+    X, seconds = stack_and_cache(chunks, ids, embedder, t0, npy, sidecar, key)
     return Embeddings(ids, X, key, embedder.name, npy, False, seconds)
 
 

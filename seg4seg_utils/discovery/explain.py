@@ -376,8 +376,7 @@ def reference_slice(stats: pd.DataFrame, s: int) -> int | None:
 
 
 def _check_inputs(labels: Any, performance: Any, n_slices: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    from seg4seg_utils.discovery.protocol import as_scores
-    from seg4seg_utils.discovery.protocol import as_slice_labels
+    from seg4seg_utils.discovery.protocol import as_scores, as_slice_labels
 
     perf = as_scores(performance, "performance")
     lab = as_slice_labels(labels, len(perf))

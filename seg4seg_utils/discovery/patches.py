@@ -162,9 +162,7 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
     from tqdm.auto import tqdm
 
     from seg4seg_utils.data.records import config_hash
-    from seg4seg_utils.discovery.embed import save_cache
-    from seg4seg_utils.discovery.embed import load_cache
-    from seg4seg_utils.discovery.embed import slug
+    from seg4seg_utils.discovery.embed import load_cache, slug, stack_and_cache
 
     sub = table.split(split)
     ids = sub.df["id"].astype(str).tolist()
@@ -198,12 +196,7 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
                 batch = []
     finally:
         bar.close()
-    X = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
-    seconds = time.perf_counter() - t0
-    if X.shape != (len(pids), embedder.dim):
-        raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(pids)}, {embedder.dim})")
-    if npy is not None:
-        save_cache(npy, sidecar, key, pids, X, embedder.name, seconds)
+    X, seconds = stack_and_cache(chunks, pids, embedder, t0, npy, sidecar, key)
     return ids, X.reshape(len(ids), grid * grid, -1), key, npy, False, seconds
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-
 __all__ = ["decompose", "decomposition_rates", "flip_risk", "dice_score", "image_summary", "top_share", "group_decomposition"]
 
 

@@ -142,9 +142,7 @@ def train_multiclass(table: SampleTable, cfg, runs_dir: str | os.PathLike = "run
     """
     import torch
 
-    from seg4seg_utils.model.train import Run, select_device, train_val_tables
-    from seg4seg_utils.model.train import save_checkpoint
-    from seg4seg_utils.model.train import normalise_images
+    from seg4seg_utils.model.train import Run, normalise_images, save_checkpoint, select_device, train_val_tables
 
     if table.mask_kind != "multiclass":
         raise DatasetError(f"{table.root}: masks are {table.mask_kind!r}, not 'multiclass'; train binary masks with "

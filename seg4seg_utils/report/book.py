@@ -13,7 +13,7 @@ import yaml
 
 __all__ = ["NOTEBOOK_DIR", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks", "build_book"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # seg4seg_utils/report/book.py -> the repository
 NOTEBOOK_DIR = REPO / "notebooks"
 _NUMBERED = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
 

@@ -177,8 +177,7 @@ def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection
 
 def taxonomy_examples(size: int = 192, seed: int = 0, panel: float = 1.9) -> Figure:
     """One generated example per injected case: the clean image next to its manipulated version."""
-    from seg4seg_utils.data.inject import CASES
-    from seg4seg_utils.data.inject import manipulate
+    from seg4seg_utils.data.inject import CASES, manipulate
     from seg4seg_utils.data.phantoms import MODALITIES
     from seg4seg_utils.seeding import rng_for
 

@@ -70,8 +70,8 @@ def load_run(run_root: str | os.PathLike):
 def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str,
              reduced_cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit and judge one item on precomputed test-split embeddings ``X`` (rows in ``ids`` order)."""
-    from seg4seg_utils.discovery.embed import performance_matrix
     from seg4seg_utils.data.inject import CASES
+    from seg4seg_utils.discovery.embed import performance_matrix
     from seg4seg_utils.discovery.judge import fit_and_judge, reduced
 
     metrics = load_run(item.run_root).metrics()

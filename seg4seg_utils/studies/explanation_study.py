@@ -12,9 +12,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from seg4seg_utils.discovery.explain import (ORACLE_LABEL, ORACLE_VARIANT, attribute_token, distinctiveness,
-                                            explain_slices, global_baseline, hidden_columns, joint_features,
-                                            metadata_text, text_embedding, tfidf)
+from seg4seg_utils.discovery.explain import (
+    ORACLE_LABEL,
+    ORACLE_VARIANT,
+    attribute_token,
+    distinctiveness,
+    explain_slices,
+    global_baseline,
+    hidden_columns,
+    joint_features,
+    metadata_text,
+    text_embedding,
+    tfidf,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from seg4seg_utils.discovery.embed import ClipEmbedder
@@ -55,8 +65,8 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     embedding's name and the explanation tables of seed ``seeds[0]``: ``explanations`` from the remaining metadata,
     ``explanations_oracle`` of the same slices with the attribute recorded).
     """
-    from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
     from seg4seg_utils.data.inject import get_case
+    from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
     from seg4seg_utils.discovery.judge import SlicerSettings, fit_and_judge
     from seg4seg_utils.discovery.protocol import evaluate_slices, precision_at_k
     from seg4seg_utils.discovery.reduce import cached_reduction

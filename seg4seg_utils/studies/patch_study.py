@@ -107,8 +107,7 @@ def patch_benchmark(runs: Sequence[tuple], embedder: "Embedder", results_path: s
     """
     from tqdm.auto import tqdm
 
-    from seg4seg_utils.studies.benchmark import open_rows_for_append
-    from seg4seg_utils.studies.benchmark import read_rows
+    from seg4seg_utils.studies.benchmark import open_rows_for_append, read_rows
 
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)

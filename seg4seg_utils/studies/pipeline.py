@@ -5,17 +5,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from seg4seg_utils.config import Preset, environment_report, get_preset, preset_dict
-from seg4seg_utils.data.records import SPLITS, DatasetError, SampleTable, read_dataset
 from seg4seg_utils.data.inject import CASES, inject, injected_name
+from seg4seg_utils.data.records import SPLITS, DatasetError, SampleTable, read_dataset
 from seg4seg_utils.discovery.judge import SlicerSettings
 
-__all__ = ["CaseDataset", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
+__all__ = ["CaseDataset", "TrainedCase", "trained_cases", "base_datasets", "case_datasets", "counts_table", "write_data_summary", "run_data_job", "train_grid",
            "detection_benchmark", "ablation", "gamma_sweep", "attribute_study", "run_job"]
 
 
@@ -147,8 +147,8 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
     the gap, a Mann-Whitney p-value, training wall time and the best epoch.
     """
     from seg4seg_utils.model.metrics import subgroup_gap
-    from seg4seg_utils.report.plots import learning_curves, subgroup_gap_plot
     from seg4seg_utils.model.train import train, train_preset
+    from seg4seg_utils.report.plots import learning_curves, subgroup_gap_plot
 
     p = get_preset(preset)
     cfg = train_preset(p.name, **overrides)
@@ -182,12 +182,23 @@ def train_grid(grid: list[CaseDataset], preset: str | Preset, runs_dir: str | Pa
     return table
 
 
-def _grid_runs(grid: list[CaseDataset], gaps: pd.DataFrame) -> list[tuple]:
-    """(case, prevalence, seed, table, Run) per injected dataset, the runs found through train_grid's table."""
+class TrainedCase(NamedTuple):
+    """One trained model of the grid: its case, prevalence, data seed, injected dataset and run. A tuple, so
+    ``for case, prevalence, seed, table, run in trained_cases(...)`` reads it (as the benchmarks do)."""
+
+    case: str
+    prevalence: float
+    seed: int
+    table: SampleTable
+    run: Any
+
+
+def trained_cases(grid: list[CaseDataset], gaps: pd.DataFrame) -> list[TrainedCase]:
+    """The trained run of every injected dataset of ``grid``, found through :func:`train_grid`'s table."""
     from seg4seg_utils.studies.benchmark import load_run
 
     run_of = {(r.case, r.prevalence, r.seed): r.run for r in gaps.itertuples()}
-    return [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
+    return [TrainedCase(cd.case, cd.prevalence, cd.seed, cd.table, load_run(run_of[(cd.case, cd.prevalence, cd.seed)]))
             for cd in grid]
 
 
@@ -201,15 +212,15 @@ def detection_benchmark(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str
     ``detection_heatmap.png`` to ``results_dir``; returns the detection-rate table.
     """
     from seg4seg_utils.discovery.embed import default_embedder
-    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
     from seg4seg_utils.report.plots import detection_heatmap
     from seg4seg_utils.stats import RATE_NOTE, detection_display
+    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
 
     p = get_preset(preset)
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     embedder = embedder or default_embedder()
-    runs = _grid_runs(grid, gaps)
+    runs = trained_cases(grid, gaps)
     items = benchmark_items(runs, p.slicer_seeds, image_variants, performances, settings or SlicerSettings())
     rows = run_benchmark(items, embedder, out / "detection_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
                          progress=progress)
@@ -235,14 +246,14 @@ def ablation(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Preset, 
     (detection rate per setting and case, averaged over prevalences) to ``results_dir``.
     """
     from seg4seg_utils.discovery.embed import VARIANTS, default_embedder
-    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
     from seg4seg_utils.stats import RATE_NOTE, detection_pivot
+    from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
 
     p = get_preset(preset)
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     embedder = embedder or default_embedder()
-    runs = _grid_runs(grid, gaps)
+    runs = trained_cases(grid, gaps)
     perfs = (("dice",), ("ppv",), ("npv",))
     items = benchmark_items(runs, p.slicer_seeds, VARIANTS, perfs, SlicerSettings(reduce=reduce))
     for settings in (SlicerSettings(performance_model="soft_categorical", reduce=reduce),
@@ -281,7 +292,7 @@ def gamma_sweep(grid: list[CaseDataset], gaps: pd.DataFrame, preset: str | Prese
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     embedder = embedder or default_embedder()
-    runs = _grid_runs(grid, gaps)
+    runs = trained_cases(grid, gaps)
     items = [it for g in gammas for it in benchmark_items(runs, p.slicer_seeds, settings=SlicerSettings(gamma=g, reduce=reduce))]
     rows = run_benchmark(items, embedder, out / "gamma_items.jsonl", cache_dir=cache_dir, n_jobs=n_jobs,
                          progress=progress)
