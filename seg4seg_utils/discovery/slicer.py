@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from seg4seg_utils.discovery.reduce import as_matrix, reduce_embeddings
@@ -55,11 +56,6 @@ def _diag_log_gaussian(X: np.ndarray, means: np.ndarray, variances: np.ndarray) 
     quad = (np.sum(means ** 2 * precisions, 1) - 2.0 * X @ (means * precisions).T
             + (X ** 2) @ precisions.T)
     return -0.5 * (X.shape[1] * np.log(2 * np.pi) + quad) + log_det
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    m = a.max(axis=1, keepdims=True)
-    return (m + np.log(np.exp(a - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def resolve_performance(y: np.ndarray | None, performance: np.ndarray | None) -> np.ndarray | None:
@@ -200,7 +196,7 @@ class SliceFinder(BaseSlicer):
         for n_iter in range(1, self.max_iter + 1):
             prev = lower_bound
             log_prob = self._estimate_log_prob(Z, Y, weights, means, variances, perf, gamma)
-            log_norm = _logsumexp(log_prob)
+            log_norm = logsumexp(log_prob, axis=1)
             resp = np.exp(log_prob - log_norm[:, None])
             weights, means, variances, perf = self._m_step(Z, Y, resp)
             lower_bound = float(log_norm.mean())
@@ -242,7 +238,7 @@ class SliceFinder(BaseSlicer):
     def _proba(self, Z: np.ndarray, Y: np.ndarray, gamma: float) -> np.ndarray:
         log_prob = self._estimate_log_prob(Z, Y, self.weights_, self.means_, self.covariances_, self.perf_params_,
                                            gamma)
-        return np.exp(log_prob - _logsumexp(log_prob)[:, None])
+        return np.exp(log_prob - logsumexp(log_prob, axis=1)[:, None])
 
     def _transform_inputs(self, X: np.ndarray, performance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.utils.validation import check_is_fitted
