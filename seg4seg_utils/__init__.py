@@ -1,5 +1,18 @@
 """seg4seg: finding where segmentation models fail systematically (SEG4SEG slice discovery).
 
+One core in layers; each imports only the layers below it (``tests/test_conventions.py`` enforces this and that
+no module imports another's private names):
+
+0. foundation - :mod:`.config` (presets), :mod:`.kernels` (pinned numerics), :mod:`.seeding`, :mod:`.stats`
+1. :mod:`.data` - sample tables, phantoms, the injected cases, real datasets, the failure taxonomy
+2. :mod:`.model` - training and runs, pretrained weights, segmentation and label-flip metrics
+3. :mod:`.discovery` - embeddings, reduction, slicers (scikit-learn estimators), the protocol, and
+   :func:`.discovery.judge.fit_and_judge`, the one fit-and-judge step every study runs
+4. :mod:`.report` - figures, the slice browser, the book runner, the diff of two jobs
+5. :mod:`.studies` - the benchmark runner and every study (detection, ablation, gamma, patches,
+   explanations, label flips, scale-out, your own model)
+6. :mod:`.cli` - ``python -m seg4seg_utils``
+
 Notebooks use ``import seg4seg_utils as su``; the light, commonly used functions are re-exported here.
 Importing has no side effects (no environment changes, no heavy imports: torch loads only in the
 modules that train or embed).

@@ -15,6 +15,8 @@ import pytest
 from conftest import TINY_CLIP
 
 from seg4seg_utils.discovery import explain as X
+from seg4seg_utils.report import explain_plots
+from seg4seg_utils.studies import explanation_study
 
 # ------------------------------------------------------------------------------------------------ TF-IDF
 DOCS = [["a", "b"], ["a"], ["b", "c"]]
@@ -329,7 +331,7 @@ def _planted_case_d(tmp_path):
 
 def test_explain_case_keeps_the_attribute_and_its_recodings_out_by_default(tmp_path):
     table, metrics, low = _planted_case_d(tmp_path)
-    rows, extras = X.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
+    rows, extras = explanation_study.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
                                   reduce="pca", n_components=4)
     assert set(rows["variant"]) == set(X.HONEST_VARIANTS) and (rows["status"] == "result").all()
     assert len(rows) == 4 and extras["attribute_token"] == "low_quality" and extras["n_failure"] == int(low.sum())
@@ -346,18 +348,18 @@ def test_explain_case_keeps_the_attribute_and_its_recodings_out_by_default(tmp_p
     # the naming measures that read the attribute are labelled oracle; the oracle baseline does see it
     assert extras["global_10_oracle"].index[0] == "low_quality"
     assert "not CLIP" in extras["text_embedding"]
-    summary = X.summary_table(rows)
+    summary = explanation_study.summary_table(rows)
     assert len(summary) == 2 and (summary["n_seeds"] == 2).all() and (summary["status"] == "result").all()
     assert not any(c.startswith("names_attribute") for c in summary.columns)
     assert {"oracle_names_attribute", "oracle_attribute_rank", "oracle_named_by_a_bottom_slice"} <= set(summary.columns)
     assert np.isnan(summary["clip_score_diff"]).all()
     with pytest.raises(ValueError, match="no rows"):
-        X.summary_table(rows.iloc[:0])
+        explanation_study.summary_table(rows.iloc[:0])
 
 
 def test_the_oracle_variant_is_labelled_an_oracle_upper_bound(tmp_path):
     table, metrics, _ = _planted_case_d(tmp_path)
-    rows, _ = X.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
+    rows, _ = explanation_study.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1), cache_dir=None,
                              reduce="pca", n_components=4, oracle=True)
     assert set(rows["variant"]) == {*X.HONEST_VARIANTS, X.ORACLE_VARIANT}
     assert "oracle" in X.ORACLE_VARIANT and X.ORACLE_LABEL == "oracle upper bound"
@@ -367,7 +369,7 @@ def test_the_oracle_variant_is_labelled_an_oracle_upper_bound(tmp_path):
     oracle = rows[rows["variant"] == X.ORACLE_VARIANT]
     assert oracle["success"].all() and (oracle["worst_precision_at_k"] == 1).all()
     assert oracle["oracle_names_attribute"].all() and (oracle["oracle_attribute_rank"] == 1).all()
-    row = X.summary_table(rows).set_index("variant").loc[X.ORACLE_VARIANT]
+    row = explanation_study.summary_table(rows).set_index("variant").loc[X.ORACLE_VARIANT]
     assert row["status"] == X.ORACLE_LABEL and row["oracle_top_token"] == "low_quality (2/2)"
 
 
@@ -409,7 +411,7 @@ def test_distinctiveness_plot_highlights_the_attribute_token():
     matplotlib.use("Agg")
     scores = {"A": pd.Series([0.5, 0.1, -0.2], index=["no_caliper", "low_gain", "caliper"]),
               "B": pd.Series([0.3, 0.2], index=["low_lesion_fraction", "hair"])}
-    fig = X.distinctiveness_plot(scores, {"A": "no_caliper", "B": "cropped"}, n_top=2)
+    fig = explain_plots.distinctiveness_plot(scores, {"A": "no_caliper", "B": "cropped"}, n_top=2)
     ax_a, ax_b = fig.axes
     red = matplotlib.colors.to_rgba("tab:red")
     bars_a = {t.get_text(): p.get_facecolor() for t, p in zip(ax_a.get_yticklabels(), ax_a.patches)}
@@ -417,4 +419,4 @@ def test_distinctiveness_plot_highlights_the_attribute_token():
     assert len(ax_a.patches) == 2  # n_top
     assert "'cropped' not in the top 2" in ax_b.get_title() and all(p.get_facecolor() != red for p in ax_b.patches)
     with pytest.raises(ValueError, match="at least one"):
-        X.distinctiveness_plot({})
+        explain_plots.distinctiveness_plot({})

@@ -239,6 +239,15 @@ def test_multiclass_training_smoke(tiny_run):
     assert len(labelflip_plots.decomposition_bars(groups).axes) == 1
     model = multiclass.load_multiclass_model(run)
     assert model.segmentation_head[0].out_channels == 3
+    from seg4seg_utils.model.train import Run
+
+    assert Run.from_folder(run.root).load_model().segmentation_head[0].out_channels == 3   # the run knows its task
+    from conftest import counting_embedder
+    from seg4seg_utils.discovery.embed import embed_dataset
+
+    # x0*M_pred reads the run's predicted label maps (any non-zero class is foreground)
+    emb = embed_dataset(ds, counting_embedder()(), "x0*M_pred", run=run, split="test", cache_dir=None, progress=False)
+    assert emb.X.shape == (len(test), 6)
     stamp = (run.root / "done.json").stat().st_mtime_ns
     assert multiclass.train_multiclass(ds, cfg, root / "runs", progress=False).root == run.root      # reused, not retrained
     assert (run.root / "done.json").stat().st_mtime_ns == stamp
@@ -259,11 +268,45 @@ def test_binary_run_hashes_are_pinned():
     """Binary runs keep their folders: the main job's models must still be found (the label-flip work adds
     nothing to TrainConfig). Pinned from the code at TrainConfig.threads' introduction (which deliberately moved
     every hash: the thread count changes the weights), including the main job's case B 5 % model."""
-    from seg4seg_utils.model.train import _run_root, train_preset
+    from seg4seg_utils.model.train import run_root, train_preset
 
     table = SampleTable(Path("/nowhere/pinned"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
-    assert _run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-7653c81076"
-    assert _run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-e3a9c0b120"
-    assert _run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-d8d484fba3"
+    assert run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-7653c81076"
+    assert run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-e3a9c0b120"
+    assert run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-d8d484fba3"
     case_b = SampleTable(Path("/x/B-p05-seed0"), pd.DataFrame(), {"config_hash": "d8784cd925910ba1"})
-    assert _run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-2a55745853"
+    assert run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-2a55745853"
+
+
+def test_multiclass_run_folders_survive_the_single_training_loop():
+    """The multi-class task hashes as the old multi-class trainer did (pinned from that code), so its runs are
+    found again; and a run knows its task from config.json."""
+    from seg4seg_utils.model.multiclass import MulticlassTask
+    from seg4seg_utils.model.train import BinaryTask, Run, run_root, train_preset
+
+    table = SampleTable(Path("/nowhere/twins"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
+    assert run_root(table, train_preset("smoke"), Path("runs"), None, MulticlassTask(3))[0].name == "resnet18-mc3-5a640f78ad"
+    assert run_root(table, train_preset("cpu"), Path("runs"), None, MulticlassTask(3))[0].name == "resnet18-mc3-22349f37a6"
+    assert run_root(table, train_preset("cpu"), Path("runs"), None, BinaryTask())[0].name == \
+        run_root(table, train_preset("cpu"), Path("runs"), None)[0].name
+    assert Run(Path("x"), train_preset("smoke")).task == "binary"
+    assert Run(Path("x"), train_preset("smoke"), n_classes=3).task == "multiclass"
+
+
+def test_multiclass_runs_resume_like_binary_ones(tmp_path):
+    """One loop, so a multi-class run interrupted after an epoch resumes to the same weights as an
+    uninterrupted one (the old multi-class trainer restarted from scratch)."""
+    import torch
+
+    from seg4seg_utils.model.multiclass import MulticlassTask
+    from seg4seg_utils.model.train import train, train_preset
+
+    ds = twin_cells.generate_labelflip_dataset(tmp_path / "twins", n=40, size=32, progress=False)
+    cfg = train_preset("smoke", epochs=2, max_train_samples=16)
+    whole = train(ds, cfg, tmp_path / "a", progress=False, task=MulticlassTask(3))
+    cut = train(ds, cfg, tmp_path / "b", progress=False, task=MulticlassTask(3), stop_after_epoch=1)
+    assert not cut.done
+    resumed = train(ds, cfg, tmp_path / "b", progress=False, task=MulticlassTask(3))
+    a = torch.load(whole.root / "last.pt", weights_only=False)["model"]
+    b = torch.load(resumed.root / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -28,7 +28,7 @@ import pytest
 from conftest import counting_embedder
 
 from seg4seg_utils.data.records import write_png
-from seg4seg_utils.discovery import protocol
+from seg4seg_utils.discovery import judge, protocol
 
 CASE = "D"
 KEEP = ("id", "split", "image", "mask")   # what a sample *is*; everything else is an attribute column
@@ -137,6 +137,7 @@ def spy(monkeypatch):
         return real(labels, performance, attribute, proba=proba, **kw)
 
     monkeypatch.setattr(protocol, "evaluate_slices", recording)
+    monkeypatch.setattr(judge, "evaluate_slices", recording)  # fit_and_judge holds its own reference
     return calls
 
 

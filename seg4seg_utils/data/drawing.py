@@ -6,12 +6,12 @@ pinned, see :mod:`seg4seg_utils.kernels`).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["MIN_SIDE", "MIN_DATASET_SIDE", "Size", "image_shape", "pixel_grid", "smooth_noise", "ramp",
+__all__ = ["MIN_SIDE", "MIN_DATASET_SIDE", "Size", "Canvas", "canvas", "image_shape", "pixel_grid", "smooth_noise", "ramp",
            "fourier_series", "segment_distance", "to_uint8", "as_rng"]
 
 MIN_SIDE = 16  # the generators work down to this; datasets ask for at least MIN_DATASET_SIDE
@@ -31,6 +31,27 @@ def image_shape(size: Size) -> tuple[int, int]:
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"size must be at least {MIN_SIDE} pixels per side, got {h}x{w} (HxW)")
     return h, w
+
+
+class Canvas(NamedTuple):
+    """What every generator starts from: the size, its Generator, the shorter side ``s``, ``px`` = pixels per
+    pixel at 256 px (textures and line widths scale with the image) and the pixel-centre coordinates."""
+
+    h: int
+    w: int
+    rng: np.random.Generator
+    s: int
+    px: float
+    yy: np.ndarray
+    xx: np.ndarray
+
+
+def canvas(size: Size, rng: np.random.Generator | int) -> Canvas:
+    """The :class:`Canvas` of an image of ``size`` drawn from ``rng`` (a Generator or an int seed)."""
+    h, w = image_shape(size)
+    s = min(h, w)
+    yy, xx = pixel_grid(h, w)
+    return Canvas(h, w, as_rng(rng), s, s / 256, yy, xx)
 
 
 def pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 from seg4seg_utils.data.drawing import (
     MIN_DATASET_SIDE,
     Size,
-    as_rng,
+    canvas,
     fourier_series,
     image_shape,
-    pixel_grid,
     ramp,
     segment_distance,
     smooth_noise,
@@ -138,11 +137,7 @@ def _skull_visibility(phi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def ultrasound(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """HC18-like fetal-head ultrasound: (uint8 HxW image, bool HxW filled head ellipse[, attributes])."""
-    h, w = image_shape(size)
-    rng = as_rng(rng)
-    s = min(h, w)
-    px = s / 256  # one pixel at 256 px: textures and line widths scale with the image
-    yy, xx = pixel_grid(h, w)
+    h, w, rng, s, px, yy, xx = canvas(size, rng)
     fan = _sample_fan(h, w, rng)
     bx, by = xx - np.float32(fan["ax"]), yy - np.float32(fan["ay"])
     r = np.sqrt(bx * bx + by * by)
@@ -284,11 +279,7 @@ _SKIN_DARK = np.array([150, 98, 70], dtype=np.float32)
 
 def dermoscopy(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """ISIC-like dermoscopy image: (uint8 HxWx3 RGB, bool HxW lesion mask[, attributes])."""
-    h, w = image_shape(size)
-    rng = as_rng(rng)
-    s = min(h, w)
-    px = s / 256
-    yy, xx = pixel_grid(h, w)
+    h, w, rng, s, px, yy, xx = canvas(size, rng)
 
     # skin: tone varies between images (skewed light, as in ISIC), low-frequency mottling + fine grain
     tone = float(rng.beta(1.6, 3.0))
@@ -471,11 +462,7 @@ class _VesselTree:
 
 def fundus(size: Size, rng: np.random.Generator, *, return_attributes: bool = False) -> Phantom:
     """FIVES-like colour fundus photograph: (uint8 HxWx3 RGB, bool HxW vessel mask[, attributes])."""
-    h, w = image_shape(size)
-    rng = as_rng(rng)
-    s = min(h, w)
-    scale = s / 256
-    yy, xx = pixel_grid(h, w)
+    h, w, rng, s, scale, yy, xx = canvas(size, rng)
     cx, cy = (w - 1) / 2, (h - 1) / 2
     R = rng.uniform(0.45, 0.495) * s
     dfov = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)

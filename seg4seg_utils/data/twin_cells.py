@@ -44,7 +44,7 @@ def twin_cells(size: int | tuple[int, int], rng: np.random.Generator | int, cls:
     nucleus, class 2: two smaller ones), with a contrast scaled by ``cue_strength``. The background tone is
     the easy context cue. Returns (uint8 HxWx3 image, uint8 HxW labels 0/cls[, attributes]).
     """
-    from seg4seg_utils.data.drawing import as_rng, fourier_series, image_shape, pixel_grid, smooth_noise, to_uint8
+    from seg4seg_utils.data.drawing import canvas, fourier_series, smooth_noise, to_uint8
 
     if cls not in (1, 2):
         raise ValueError(f"cls must be 1 or 2 (the two foreground classes), got {cls!r}")
@@ -52,10 +52,7 @@ def twin_cells(size: int | tuple[int, int], rng: np.random.Generator | int, cls:
         raise ValueError(f"tone must be one of {TONES}, got {tone!r}")
     if not 0 <= cue_strength <= 3:
         raise ValueError(f"cue_strength must lie in [0, 3] (1 = default contrast of the nuclei), got {cue_strength}")
-    h, w = image_shape(size)
-    rng = as_rng(rng)
-    s = min(h, w)
-    yy, xx = pixel_grid(h, w)
+    h, w, rng, s, _, yy, xx = canvas(size, rng)
     base = rng.uniform(55, 80) if tone == "dark" else rng.uniform(155, 180)
     tint = np.array([1.0, 0.97, 1.03], dtype=np.float32) * rng.uniform(0.97, 1.03, 3).astype(np.float32)
     bg = base * (1 + 0.08 * smooth_noise(rng, (h, w), 4)) + 3.0 * smooth_noise(rng, (h, w), s / 6)

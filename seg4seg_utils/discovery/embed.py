@@ -587,7 +587,8 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
             for i in range(s, min(s + batch_size, len(ids))):
                 image = sub.image(i)
                 gt = sub.mask(i) if variant == "x0*M_GT" else None
-                pred = read_mask(preds[ids[i]]) if preds is not None else None
+                # a multi-class run predicts labels, a binary one a mask: the dataset says which
+                pred = read_mask(preds[ids[i]], sub.mask_kind) if preds is not None else None
                 if pred is not None and pred.shape != image.shape[:2]:
                     raise ValueError(f"{preds[ids[i]]}: predicted mask of {ids[i]!r} is {pred.shape[1]}x{pred.shape[0]}"
                                      f" but its image is {image.shape[1]}x{image.shape[0]}")

@@ -20,7 +20,6 @@ import numpy as np
 
 from seg4seg_utils.discovery.protocol import SliceReport, evaluate_slices
 from seg4seg_utils.discovery.reduce import as_matrix, cached_reduction
-from seg4seg_utils.discovery.slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder
 
 __all__ = ["METHODS", "SlicerSettings", "make_slicer", "reduced", "fit_and_judge"]
 
@@ -42,6 +41,9 @@ class SlicerSettings:
 
 def make_slicer(settings: SlicerSettings, n_slices: int, seed: int):
     """The unfitted slicer ``settings.method`` names, for already reduced embeddings (``reduce=None``)."""
+    # imported here: the package's top level (which reads SlicerSettings) stays free of scikit-learn
+    from seg4seg_utils.discovery.slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder
+
     if settings.method not in METHODS:
         raise ValueError(f"unknown slicer method {settings.method!r}; choose one of {METHODS}")
     if settings.method == "kmeans":

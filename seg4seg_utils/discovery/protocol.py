@@ -345,12 +345,17 @@ def evaluate_slices(labels: Any, performance: Any, attribute: Any, proba: Any = 
     and precision NaN, no winner, ``success``/``purity_pass`` False), e.g. for a model whose failures are unknown.
     """
     if attribute is None:
-        report = evaluate_slices(labels, performance, np.zeros(np.shape(performance)[:1], dtype=bool), proba,
-                                 p_theta=p_theta, q_theta=q_theta, n_min_frac=n_min_frac, k=k, n_slices=n_slices,
-                                 omega2_theta=omega2_theta)
+        report = _judge(labels, performance, np.zeros(np.shape(performance)[:1], dtype=bool), proba, p_theta,
+                        q_theta, n_min_frac, k, n_slices, omega2_theta)
         table = report.table.assign(purity=np.nan, precision_at_k=np.nan)
         return replace(report, table=table, purity_pass=False, success=False, winning_slice=None,
                        precision_at_k=float("nan"), precision_slice=None)
+    return _judge(labels, performance, attribute, proba, p_theta, q_theta, n_min_frac, k, n_slices, omega2_theta)
+
+
+def _judge(labels: Any, performance: Any, attribute: Any, proba: Any, p_theta: float, q_theta: float,
+           n_min_frac: float, k: int, n_slices: int | None, omega2_theta: float) -> SliceReport:
+    """:func:`evaluate_slices` with an attribute."""
     lab, perf, attr, prob, n_k = _inputs(labels, performance, attribute, n_slices, proba)
     p_theta = _check_unit(p_theta, "p_theta")
     if int(k) != k or k < 1:

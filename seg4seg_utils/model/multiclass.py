@@ -3,17 +3,13 @@
 :func:`train_multiclass` trains the project's U-Net with cross-entropy, reusing :mod:`seg4seg_utils.model.train`'s
 config, data augmentation, device choice and normalisation, and stores softmax probabilities of the test split
 (float16, compressed) next to the usual run files, so flip-risk (:mod:`.label_flips`) can be computed afterwards
-without the model. (A second training loop beside :func:`seg4seg_utils.model.train.train`: merging the two into one
-loop with a task is the next step of the redesign.)
+without the model. There is one training loop (:func:`seg4seg_utils.model.train.train`); :class:`MulticlassTask`
+fills its hooks.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,11 +17,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from seg4seg_utils.data.records import DatasetError, SampleTable, config_hash, write_png
-from seg4seg_utils.kernels import kernel_report, pinned
+from seg4seg_utils.data.records import DatasetError, SampleTable, write_png
 from seg4seg_utils.model.label_flips import dice_score, flip_risk, image_summary
+from seg4seg_utils.model.train import BinaryTask, Run, augment_batch, normalise_images, train
 
-__all__ = ["train_multiclass", "load_multiclass_model", "load_probabilities", "pixel_flips"]
+__all__ = ["MulticlassTask", "train_multiclass", "load_multiclass_model", "load_probabilities", "pixel_flips"]
 
 
 
@@ -62,41 +58,15 @@ def _augment(x, y, cfg, gen, n_classes: int):
     import torch
     import torch.nn.functional as F
 
-    from seg4seg_utils.model.train import augment_batch
-
     onehot = F.one_hot(y, n_classes).permute(0, 3, 1, 2).float()
     x, onehot = augment_batch(x, onehot, cfg, gen)
     labels = onehot.argmax(dim=1)
     return x, torch.where(onehot.amax(dim=1) > 0.5, labels, torch.full_like(labels, -100))
 
 
-def _build(cfg, n_classes: int):
-    import segmentation_models_pytorch as smp
-    import torch
-
-    from seg4seg_utils.model.pretrained import load_encoder_weights
-
-    torch.manual_seed(cfg.seed)
-    model = smp.Unet(cfg.encoder, encoder_weights=None, in_channels=3, classes=n_classes,
-                     decoder_channels=tuple(cfg.decoder_channels))
-    return model, load_encoder_weights(model, cfg.encoder, cfg.encoder_weights)
-
-
-def _run_root(table: SampleTable, cfg, runs_dir: Path, n_classes: int, name: str | None) -> tuple[Path, dict[str, Any]]:
-    dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
-               "name": Path(table.root).name}
-    # "task" and "n_classes" keep multi-class runs apart from binary runs of the same TrainConfig
-    from seg4seg_utils.model.train import run_hash_payload
-
-    digest = config_hash(run_hash_payload(cfg, dataset, task="multiclass", n_classes=n_classes))
-    return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}-mc{n_classes}-{digest[:10]}", dataset
-
-
 def _evaluate(model, x_all, y_all, cfg, device, n_classes: int) -> tuple[float, float]:
     """Mean cross-entropy and mean per-image class Dice of a held-out split."""
     import torch
-
-    from seg4seg_utils.model.train import normalise_images
 
     model.eval()
     losses, dices = [], []
@@ -127,98 +97,78 @@ def _n_classes(table: SampleTable, n_classes: int | None) -> int:
     return int(n_classes)
 
 
+class MulticlassTask(BinaryTask):
+    """C classes (background + at least two foreground classes): cross-entropy on C logit channels, labels
+    resized with nearest neighbours, pixels that augmentation leaves unclaimed ignored (-100), model selection
+    on the mean per-image class Dice, softmax probabilities stored per test image."""
+
+    name = "multiclass"
+    score_name = "val_dice_classes"
+
+    def __init__(self, n_classes: int):
+        self.n_classes = int(n_classes)
+        self.out_channels = self.n_classes
+        self.folder_tag = f"-mc{self.n_classes}"
+
+    def hash_extra(self) -> dict[str, Any]:
+        # "task" and "n_classes" keep multi-class runs apart from binary runs of the same TrainConfig
+        return {"task": "multiclass", "n_classes": self.n_classes}
+
+    def config_extra(self) -> dict[str, Any]:
+        return {"task": "multiclass", "n_classes": self.n_classes}
+
+    def describe(self) -> str:
+        return f"training multi-class ({self.n_classes} classes)"
+
+    def load(self, table: SampleTable, cfg, desc: str) -> tuple[np.ndarray, np.ndarray]:
+        return _load_arrays(table, cfg.image_size, self.n_classes, cfg.num_workers)
+
+    def targets(self, y, device):
+        return y.to(device)
+
+    def augment(self, x, y, cfg, generator):
+        return _augment(x, y, cfg, generator, self.n_classes)
+
+    def loss(self):
+        import torch
+
+        return torch.nn.CrossEntropyLoss(ignore_index=-100)
+
+    def evaluate(self, model, x_all, y_all, cfg, device, amp: bool) -> tuple[float, float]:
+        return _evaluate(model, x_all, y_all, cfg, device, self.n_classes)
+
+    def predict(self, model, table: SampleTable, cfg, device, root: Path, progress: bool) -> pd.DataFrame:
+        return _predict(model, table, cfg, device, root, self.n_classes)
+
+    def summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
+        return {"test_dice_fg": float(metrics["dice_fg"].mean()),
+                "test_dice_classes": float(metrics["dice_classes"].mean()),
+                "test_flip_rate": float(metrics["flip_rate"].mean()), "n_classes": self.n_classes}
+
+
 def train_multiclass(table: SampleTable, cfg, runs_dir: str | os.PathLike = "runs", n_classes: int | None = None,
-                     name: str | None = None, progress: bool = True):
-    """Train (or reuse) a multi-class U-Net with cross-entropy; predict the test split with probabilities.
+                     name: str | None = None, progress: bool = True) -> Run:
+    """Train (or resume, or reuse) a multi-class U-Net with cross-entropy; predict the test split with probabilities.
 
-    ``cfg`` is a :class:`seg4seg_utils.model.train.TrainConfig` (``threshold`` is unused: the prediction is the
-    argmax class). Same augmentation, normalisation, optimiser and model selection on validation (here the
-    mean class Dice) as the binary trainer, deterministic for a seed on CPU. The run folder
-    (``<runs>/<dataset>/<encoder>-mc<C>-<hash>/``) holds config.json, history.csv, best.pt, predictions/
-    (uint8 label PNGs), probabilities/ (one ``<id>.npz`` per test image: float16 (C, H, W) softmax at the
-    original size), metrics.csv (one row per image: :func:`image_summary` plus the sample attributes) and
-    done.json. A finished run is reused; an interrupted one restarts from scratch (minutes on CPU).
-    Returns a :class:`seg4seg_utils.model.train.Run` (load the network with :func:`load_multiclass_model`).
+    The project's one training loop (:func:`seg4seg_utils.model.train.train`) with a :class:`MulticlassTask`:
+    ``cfg`` is a :class:`~seg4seg_utils.model.train.TrainConfig` (``threshold`` is unused: the prediction is the
+    argmax class); same augmentation, normalisation, optimiser, resume and model selection on validation (here
+    the mean class Dice) as binary runs, deterministic for a seed on CPU. The run folder
+    (``<runs>/<dataset>/<encoder>-mc<C>-<hash>/``) holds config.json (with ``task`` and ``n_classes``),
+    history.csv, best.pt, last.pt, predictions/ (uint8 label PNGs), probabilities/ (one ``<id>.npz`` per test
+    image: float16 (C, H, W) softmax at the original size), metrics.csv (one row per image:
+    :func:`~seg4seg_utils.model.label_flips.image_summary` plus the sample attributes) and done.json.
+    Returns a :class:`~seg4seg_utils.model.train.Run` whose ``load_model`` builds the C-channel network.
     """
-    import torch
-
-    from seg4seg_utils.model.train import Run, normalise_images, save_checkpoint, select_device, train_val_tables
-
     if table.mask_kind != "multiclass":
         raise DatasetError(f"{table.root}: masks are {table.mask_kind!r}, not 'multiclass'; train binary masks with "
                            "seg4seg_utils.model.train.train")
-    n_classes = _n_classes(table, n_classes)
-    cfg.validate()
-    root, dataset = _run_root(table, cfg, Path(runs_dir), n_classes, name)
-    run = Run(root, cfg, dataset)
-    if run.done:
-        return run
-    train_t, val_t = train_val_tables(table, cfg)
-    device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    with pinned(cfg.threads, device):  # thread count and kernels fixed: see seg4seg_utils.kernels
-        model, init = _build(cfg, n_classes)
-        model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
-        if root.exists():
-            shutil.rmtree(root)  # an unfinished earlier attempt of this very run (no done.json)
-        root.mkdir(parents=True)
-        (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "task": "multiclass", "n_classes": n_classes,
-                                                      "dataset": dataset, "initialisation": init, "device": str(device),
-                                                      "kernels": kernel_report(cfg.threads)},
-                                                     indent=2))
-        if progress:
-            print(f"[seg4seg] training multi-class ({n_classes} classes) {root} on {device}; encoder {cfg.encoder}: {init}")
-        x_tr, y_tr = (torch.from_numpy(a) for a in _load_arrays(train_t, cfg.image_size, n_classes, cfg.num_workers))
-        x_va, y_va = (torch.from_numpy(a) for a in _load_arrays(val_t, cfg.image_size, n_classes, cfg.num_workers))
-        steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
-        n_seen = min(len(x_tr), steps * cfg.batch_size)
-        history, best = [], -1.0
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(x_tr), generator=gen)
-            total = 0.0
-            for b in range(steps):
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x, y = _augment(normalise_images(x_tr[idx], device, cfg.encoder), y_tr[idx].to(device), cfg, gen, n_classes)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x).float(), y)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-            val_loss, val_dice = _evaluate(model, x_va, y_va, cfg, device, n_classes)
-            history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss,
-                            "val_dice_classes": val_dice, "seconds": time.perf_counter() - t0})
-            if progress:
-                print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
-                      f"val class Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
-            if val_dice > best:
-                best = val_dice
-                save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
-            pd.DataFrame(history).to_csv(root / "history.csv", index=False)
-        state = torch.load(root / "best.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        metrics = _predict(model, table.split("test"), cfg, device, root, n_classes)
-        metrics.to_csv(root / "metrics.csv", index=False)
-        summary = {"best_epoch": int(state["epoch"]), "best_val_dice_classes": float(state["val_dice"]),
-                   "test_dice_fg": float(metrics["dice_fg"].mean()),
-                   "test_dice_classes": float(metrics["dice_classes"].mean()),
-                   "test_flip_rate": float(metrics["flip_rate"].mean()), "n_classes": n_classes, "initialisation": init,
-                   "device": str(device), "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
-        (root / "done.json").write_text(json.dumps(summary, indent=2))
-        return run
+    return train(table, cfg, runs_dir, name, progress=progress, task=MulticlassTask(_n_classes(table, n_classes)))
 
 
 def _predict(model, table: SampleTable, cfg, device, root: Path, n_classes: int) -> pd.DataFrame:
     import torch
     import torch.nn.functional as F
-
-    from seg4seg_utils.model.train import normalise_images
 
     model.eval().to(device)
     for sub in ("predictions", "probabilities"):
@@ -245,17 +195,12 @@ def _predict(model, table: SampleTable, cfg, device, root: Path, n_classes: int)
     return attrs.merge(pd.DataFrame(rows), on="id", how="inner", validate="one_to_one")
 
 
-def load_multiclass_model(run, which: str = "best"):
-    """The trained multi-class network of ``run`` (eval mode, CPU)."""
-    import torch
-
-    saved = json.loads((Path(run.root) / "config.json").read_text())
-    if saved.get("task") != "multiclass":
+def load_multiclass_model(run: Run, which: str = "best"):
+    """The trained multi-class network of ``run`` (eval mode, CPU): :meth:`Run.load_model`, refusing binary runs."""
+    run = Run.from_folder(run.root)
+    if run.task != "multiclass":
         raise ValueError(f"{run.root}: not a multi-class run (use Run.load_model for binary runs)")
-    model, _ = _build(replace(run.config, encoder_weights=None), int(saved["n_classes"]))
-    state = torch.load(Path(run.root) / f"{which}.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return run.load_model(which)
 
 
 def load_probabilities(run, sample_id: str) -> np.ndarray:

@@ -1,12 +1,17 @@
-"""The paper's U-Net: configuration, presets, a resumable deterministic training loop, and test-set prediction.
+"""The paper's U-Net: configuration, presets, the one resumable deterministic training loop, test-set prediction.
 
-A run lives in its own folder (``<runs>/<dataset>/<name>-<config hash>/``)::
+:func:`train` is written once; a *task* fills its hooks (data, targets, augmentation, loss, validation score,
+prediction, summary): :class:`BinaryTask` here, :class:`seg4seg_utils.model.multiclass.MulticlassTask` for
+multi-class masks. Both get resume, AMP and channels-last on CUDA.
 
-    config.json      the TrainConfig, the dataset it used, and how the encoder was initialised
-    history.csv      one row per epoch: train loss, validation loss and Dice, seconds
-    last.pt best.pt  checkpoints (best by validation Dice); last.pt resumes an interrupted run
-    predictions/     binary predicted masks of the test split, at the original image size
-    metrics.csv      per-image Dice, IoU, PPV, NPV joined with the sample table's attributes
+A run lives in its own folder (``<runs>/<dataset>/<name><task tag>-<config hash>/``)::
+
+    config.json      the TrainConfig, the task (multi-class runs: "task" and "n_classes"), the dataset it used,
+                     and how the encoder was initialised; :meth:`Run.from_folder` reads the task back
+    history.csv      one row per epoch: train loss, validation loss and score, seconds
+    last.pt best.pt  checkpoints (best by the validation score); last.pt resumes an interrupted run
+    predictions/     predicted masks (binary) or label maps (multi-class) of the test split, at the original size
+    metrics.csv      per-image metrics joined with the sample table's attributes
     done.json        written last: the run is complete and will be reused, never retrained
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from seg4seg_utils.data.records import DatasetError, SampleTable, config_hash, w
 from seg4seg_utils.kernels import kernel_report, pinned
 from seg4seg_utils.model.metrics import metrics_table
 
-__all__ = ["TrainingSetupError", "TrainConfig", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
+__all__ = ["TrainingSetupError", "TrainConfig", "BinaryTask", "run_root", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
            "build_model", "Run", "train", "predict_split"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -184,8 +189,9 @@ def augment_batch(x, y, cfg: TrainConfig, generator):
 
 
 # -------------------------------------------------------------------------------------------- model
-def build_model(cfg: TrainConfig) -> tuple[Any, str]:
-    """The smp U-Net for ``cfg`` and a sentence saying how its encoder was initialised."""
+def build_model(cfg: TrainConfig, classes: int = 1) -> tuple[Any, str]:
+    """The smp U-Net for ``cfg`` with ``classes`` output channels (1: binary logits, C: one per class) and a
+    sentence saying how its encoder was initialised."""
     import segmentation_models_pytorch as smp
     import torch
 
@@ -194,7 +200,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, str]:
     torch.manual_seed(cfg.seed)
     smp_weights = "imagenet" if cfg.encoder_weights == "imagenet" else None
     try:
-        model = smp.Unet(cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1,
+        model = smp.Unet(cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=classes,
                          decoder_channels=tuple(cfg.decoder_channels))
     except Exception as exc:
         if smp_weights:
@@ -214,13 +220,20 @@ class Run:
     root: Path
     config: TrainConfig
     dataset: dict[str, Any] = field(default_factory=dict)
+    n_classes: int | None = None    # None: a binary run; C: a multi-class run (background + C - 1 classes)
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike) -> "Run":
-        """A run read back from its folder (its config.json says which TrainConfig made it)."""
+        """A run read back from its folder (its config.json says which TrainConfig and task made it)."""
         saved = json.loads((Path(root) / "config.json").read_text())
         cfg = {**saved["train"], "decoder_channels": tuple(saved["train"]["decoder_channels"])}
-        return cls(Path(root), TrainConfig(**cfg), saved.get("dataset", {}))
+        n_classes = int(saved["n_classes"]) if saved.get("task") == "multiclass" else None
+        return cls(Path(root), TrainConfig(**cfg), saved.get("dataset", {}), n_classes)
+
+    @property
+    def task(self) -> str:
+        """``"binary"`` or ``"multiclass"``."""
+        return "binary" if self.n_classes is None else "multiclass"
 
     @property
     def done(self) -> bool:
@@ -237,20 +250,25 @@ class Run:
         return json.loads((self.root / "done.json").read_text())
 
     def load_model(self, which: str = "best"):
-        """The trained network (eval mode, CPU) from ``best.pt`` or ``last.pt``."""
+        """The trained network (eval mode, CPU) from ``best.pt`` or ``last.pt``, with as many output channels
+        as the run's task has (1 for binary, ``n_classes`` for multi-class)."""
         import torch
 
-        model, _ = build_model(replace(self.config, encoder_weights=None))
+        model, _ = build_model(replace(self.config, encoder_weights=None), self.n_classes or 1)
         state = torch.load(self.root / f"{which}.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         return model.eval()
 
 
-def _run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | None) -> tuple[Path, dict[str, Any]]:
+def run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | None,
+             task: "BinaryTask | None" = None) -> tuple[Path, dict[str, Any]]:
+    """The run folder of ``table`` x ``cfg`` x ``task`` (``<runs>/<dataset>/<name><task tag>-<hash>``) and the
+    dataset record stored in its config.json."""
+    task = task or BinaryTask()
     dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
                "name": Path(table.root).name}
-    digest = config_hash(run_hash_payload(cfg, dataset))
-    return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}-{digest[:10]}", dataset
+    digest = config_hash(run_hash_payload(cfg, dataset, **task.hash_extra()))
+    return Path(runs_dir) / dataset["name"] / f"{name or cfg.encoder}{task.folder_tag}-{digest[:10]}", dataset
 
 
 def run_hash_payload(cfg: TrainConfig, dataset: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -300,18 +318,74 @@ def train_val_tables(table: SampleTable, cfg: TrainConfig) -> tuple[SampleTable,
     return train_t, val_t
 
 
+class BinaryTask:
+    """What the one training loop (:func:`train`) asks of a segmentation task, here binary foreground vs
+    background: BCE on one logit channel, model selection on mean per-image Dice, binary predicted masks.
+
+    A subclass overrides the hooks (scikit-learn's ``BaseMixture`` writes its EM loop once the same way):
+    :class:`seg4seg_utils.model.multiclass.MulticlassTask` trains C classes with cross-entropy.
+    """
+
+    name = "binary"
+    out_channels = 1
+    score_name = "val_dice"     # the validation score the best checkpoint is chosen by (history column)
+    folder_tag = ""             # added to the run folder's name
+
+    def hash_extra(self) -> dict[str, Any]:
+        """Extra fields of the run hash (none: binary runs keep their folders)."""
+        return {}
+
+    def config_extra(self) -> dict[str, Any]:
+        """Extra fields of config.json, by which :meth:`Run.from_folder` knows the task."""
+        return {}
+
+    def describe(self) -> str:
+        return "training"
+
+    def load(self, table: SampleTable, cfg: TrainConfig, desc: str) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, 3, S, S) uint8 and targets, resized to ``cfg.image_size``."""
+        return load_arrays(table, cfg.image_size, cfg.num_workers, desc)
+
+    def targets(self, y, device):
+        """A batch of stored targets as the loss wants them."""
+        return y.to(device).float()
+
+    def augment(self, x, y, cfg: TrainConfig, generator):
+        return augment_batch(x, y, cfg, generator)
+
+    def loss(self):
+        import torch
+
+        return torch.nn.BCEWithLogitsLoss()
+
+    def evaluate(self, model, x_all, y_all, cfg: TrainConfig, device, amp: bool) -> tuple[float, float]:
+        """Mean validation loss and the selection score."""
+        return _evaluate(model, x_all, y_all, cfg, device, amp)[:2]
+
+    def predict(self, model, table: SampleTable, cfg: TrainConfig, device, root: Path, progress: bool) -> pd.DataFrame:
+        """Predict the test split into ``root``; per-image metrics joined with the sample attributes."""
+        return predict_split(model, table, cfg, device, root / "predictions", progress=progress)
+
+    def summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
+        """The test-set figures of done.json."""
+        return {"test_dice": float(metrics["dice"].mean())}
+
+
 def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", name: str | None = None,
-          progress: bool = True, stop_after_epoch: int | None = None) -> Run:
-    """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on val Dice, predict the test split.
+          progress: bool = True, stop_after_epoch: int | None = None, task: BinaryTask | None = None) -> Run:
+    """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on the task's validation score,
+    predict the test split. ``task``: :class:`BinaryTask` (default) or a multi-class task
+    (:class:`seg4seg_utils.model.multiclass.MulticlassTask`); both get resume, AMP and channels-last on CUDA.
 
     ``stop_after_epoch`` ends the process's work after that epoch as an interruption would (for testing
     resume); a later call with the same arguments continues from ``last.pt``.
     """
     import torch
 
+    task = task or BinaryTask()
     cfg.validate()
-    root, dataset = _run_root(table, cfg, Path(runs_dir), name)
-    run = Run(root, cfg, dataset)
+    root, dataset = run_root(table, cfg, Path(runs_dir), name, task)
+    run = Run(root, cfg, dataset, task.out_channels if task.out_channels > 1 else None)
     if run.done:
         return run
     train_t, val_t = train_val_tables(table, cfg)
@@ -322,17 +396,17 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     with pinned(cfg.threads, device):  # thread count and kernels fixed: see seg4seg_utils.kernels
-        model, init = build_model(cfg)
+        model, init = build_model(cfg, task.out_channels)
         model.to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         scaler = torch.amp.GradScaler(enabled=amp)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        loss_fn = task.loss()
 
         root.mkdir(parents=True, exist_ok=True)
-        (root / "config.json").write_text(json.dumps({"train": asdict(cfg), "dataset": dataset, "initialisation": init,
-                                                      "device": str(device),
+        (root / "config.json").write_text(json.dumps({"train": asdict(cfg), **task.config_extra(), "dataset": dataset,
+                                                      "initialisation": init, "device": str(device),
                                                       "kernels": kernel_report(cfg.threads)}, indent=2))
         history: list[dict[str, Any]] = []
         start_epoch, best = 1, -1.0
@@ -343,11 +417,11 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
             scaler.load_state_dict(state["scaler"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
             print(f"[seg4seg] resuming {root.name} from epoch {state['epoch']}")
-        else:
-            print(f"[seg4seg] training {root} on {device}; encoder {cfg.encoder}: {init}")
+        elif progress or task.name == "binary":
+            print(f"[seg4seg] {task.describe()} {root} on {device}; encoder {cfg.encoder}: {init}")
 
-        x_tr, y_tr = (torch.from_numpy(a) for a in load_arrays(train_t, cfg.image_size, cfg.num_workers, "train"))
-        x_va, y_va = (torch.from_numpy(a) for a in load_arrays(val_t, cfg.image_size, cfg.num_workers, "val"))
+        x_tr, y_tr = (torch.from_numpy(a) for a in task.load(train_t, cfg, "train"))
+        x_va, y_va = (torch.from_numpy(a) for a in task.load(val_t, cfg, "val"))
         # a trailing batch of one sample would break BatchNorm (and carries little signal): drop it
         steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
         n_seen = min(len(x_tr), steps * cfg.batch_size)
@@ -362,8 +436,7 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
             for b in bar:
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 x = normalise_images(x_tr[idx], device, cfg.encoder)
-                y = y_tr[idx].to(device).float()
-                x, y = augment_batch(x, y, cfg, gen)
+                x, y = task.augment(x, task.targets(y_tr[idx], device), cfg, gen)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
@@ -375,15 +448,15 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
                 step_loss = loss.item()
                 total += step_loss * len(idx)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
-            val_loss, val_dice, _ = _evaluate(model, x_va, y_va, cfg, device, amp)
-            history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss, "val_dice": val_dice,
-                            "seconds": time.perf_counter() - t0})
+            val_loss, val_score = task.evaluate(model, x_va, y_va, cfg, device, amp)
+            history.append({"epoch": epoch, "train_loss": total / n_seen, "val_loss": val_loss,
+                            task.score_name: val_score, "seconds": time.perf_counter() - t0})
             if progress:
                 print(f"  epoch {epoch}/{cfg.epochs}: train loss {total / n_seen:.4f}, val loss {val_loss:.4f}, "
-                      f"val Dice {val_dice:.4f} ({history[-1]['seconds']:.1f} s)")
-            if val_dice > best:
-                best = val_dice
-                save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_dice})
+                      f"{task.score_name.replace('_', ' ')} {val_score:.4f} ({history[-1]['seconds']:.1f} s)")
+            if val_score > best:
+                best = val_score
+                save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_score})
             save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                 "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
                                                 "best": best})
@@ -393,10 +466,10 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
 
         best_state = torch.load(root / "best.pt", map_location=device, weights_only=False)
         model.load_state_dict(best_state["model"])
-        metrics = predict_split(model, table.split("test"), cfg, device, root / "predictions", progress=progress)
+        metrics = task.predict(model, table.split("test"), cfg, device, root, progress)
         metrics.to_csv(root / "metrics.csv", index=False)
-        summary = {"best_epoch": int(best_state["epoch"]), "best_val_dice": float(best_state["val_dice"]),
-                   "test_dice": float(metrics["dice"].mean()), "initialisation": init, "device": str(device),
+        summary = {"best_epoch": int(best_state["epoch"]), f"best_{task.score_name}": float(best_state["val_dice"]),
+                   **task.summary(metrics), "initialisation": init, "device": str(device),
                    "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
         (root / "done.json").write_text(json.dumps(summary, indent=2))
         return run

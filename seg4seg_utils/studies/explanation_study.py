@@ -68,7 +68,7 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
     from seg4seg_utils.data.inject import get_case
     from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
     from seg4seg_utils.discovery.judge import SlicerSettings, fit_and_judge
-    from seg4seg_utils.discovery.protocol import evaluate_slices, precision_at_k
+    from seg4seg_utils.discovery.protocol import precision_at_k
     from seg4seg_utils.discovery.reduce import cached_reduction
 
     c = get_case(case)
@@ -98,15 +98,16 @@ def explain_case(table, run, embedder, case: str, seeds: Sequence[int] = (0, 1, 
                                  f"{Z.shape[1]}; pass a smaller n_components")
             variants[name] = joint_features(Z, T)
         for variant, F in variants.items():
-            sf, unlabelled = fit_and_judge(F, dice, None, n_slices=c.n_slices, settings=SlicerSettings(gamma=gamma),
-                                           seed=int(seed))
+            hidden = metrics["failure"].astype(bool).to_numpy()
+            sf, report = fit_and_judge(F, dice, hidden, n_slices=c.n_slices, settings=SlicerSettings(gamma=gamma),
+                                       seed=int(seed))
+            # naming reads the slices and the remaining metadata only; the slice named is the label-free worst one
+            # (size, eligibility and mean Dice decide it, never purity)
             ex = explain_slices(sf.labels_, dice, meta["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices,
                                 clip=clip, image_embeddings=clip_images)
-            worst = unlabelled.focus_slice  # no attribute given: the label-free worst eligible slice
+            worst = report.worst_slice
             top = ex.at[worst, "top_tokens"]
             # --- discovery and naming end here; below, the hidden flag judges what was found
-            hidden = metrics["failure"].astype(bool).to_numpy()
-            report = evaluate_slices(sf.labels_, dice, hidden, proba=sf.proba_, n_slices=c.n_slices)
             named = explain_slices(sf.labels_, dice, meta_oracle["tokens"].tolist(), n_top=n_top, n_slices=c.n_slices)
             oracle_top = named.at[worst, "top_tokens"]
             ref = named.at[worst, "reference_slice"]
