@@ -8,7 +8,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "get_preset", "environment_report"]
+__all__ = ["LabelFlipSize", "Preset", "PRESETS", "get_preset", "environment_report"]
+
+
+@dataclass(frozen=True)
+class LabelFlipSize:
+    """The label-flip study's twin-cells phantom and slicer at one preset (notebook 11)."""
+
+    n_images: int
+    image_size: int                      # phantom size in pixels
+    n_slices: int
+    train_image_size: int | None = None  # the training preset's image size unless given
+
+    def train_overrides(self) -> dict[str, Any]:
+        """What the study changes in the preset's TrainConfig."""
+        return {} if self.train_image_size is None else {"image_size": self.train_image_size}
 
 
 @dataclass(frozen=True)
@@ -23,17 +37,29 @@ class Preset:
     seeds: tuple[int, ...]        # data/training seeds (one model each)
     slicer_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # slicer seeds per model (UMAP + EM initialisation)
     real_data: bool = False       # the paper preset reads prepared real datasets instead of phantoms
+    # the training preset: TrainConfig fields (seg4seg_utils.model.train) that differ from the paper's defaults
+    train: tuple[tuple[str, Any], ...] = ()
+    # the label-flip study (smoke: seconds; cpu: about two minutes of training on 2 cores)
+    labelflip: LabelFlipSize = LabelFlipSize(600, 128, 10)
 
 
 PRESETS: dict[str, Preset] = {
     # 100 images leave 20 in the test split: enough for case B's 20 slices
     "smoke": Preset("smoke", "seconds, for tests and nbval: tiny phantoms, one prevalence",
-                    n_images=100, image_size=64, prevalences=(0.2,), seeds=(0,), slicer_seeds=(0,)),
+                    n_images=100, image_size=64, prevalences=(0.2,), seeds=(0,), slicer_seeds=(0,),
+                    # seconds, for tests
+                    train=(("encoder", "resnet18"), ("decoder_channels", (16, 16, 16, 16, 16)), ("image_size", 32),
+                           ("epochs", 2), ("batch_size", 8), ("lr", 1e-3), ("rotation_deg", 10.0)),
+                    labelflip=LabelFlipSize(100, 64, 4)),
     "cpu": Preset("cpu", "the embedded default: phantoms, all prevalences, minutes on 2 CPU cores",
-                  n_images=1000, image_size=256, prevalences=(0.05, 0.10, 0.20), seeds=(0,)),
+                  n_images=1000, image_size=256, prevalences=(0.05, 0.10, 0.20), seeds=(0,),
+                  # small enough to train one model per case and prevalence in minutes on 2 cores
+                  train=(("encoder", "resnet18"), ("decoder_channels", (128, 64, 32, 16, 8)), ("image_size", 96),
+                         ("epochs", 8), ("batch_size", 16), ("lr", 1e-3)),
+                  labelflip=LabelFlipSize(600, 128, 10)),
     "paper": Preset("paper", "the paper's settings: real HC18 / ISIC2018 / FIVES prepared with data_prep, GPU",
                     n_images=0, image_size=512, prevalences=(0.05, 0.10, 0.20), seeds=(0, 1, 2, 3, 4),
-                    slicer_seeds=(0,), real_data=True),
+                    slicer_seeds=(0,), real_data=True, labelflip=LabelFlipSize(2000, 256, 10, train_image_size=256)),
 }
 
 
