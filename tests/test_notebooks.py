@@ -9,7 +9,13 @@ import yaml
 from seg4seg_utils.report.book import NOTEBOOK_DIR, notebooks, preset_parameters, run_notebooks
 
 BOOK = NOTEBOOK_DIR.parent / "book"
-EXPECTED_PARAMETERS = {"PRESET", "SEED", "DATA_DIR", "RESULTS_DIR", "RUNS_DIR", "CACHE_DIR", "REAL_DIR", "CLIP_WEIGHTS"}
+SHARED_PARAMETERS = {"PRESET", "SEED", "DATA_DIR", "RESULTS_DIR", "RUNS_DIR", "CACHE_DIR", "REAL_DIR", "CLIP_WEIGHTS"}
+OWN_PARAMETERS = {  # a notebook declares the shared parameters it uses, PRESET always, plus only these of its own
+    "04": {"CASE", "PREVALENCE"}, "07": {"ISIC_DIR", "FIVES_DIR"}, "08": {"IMAGES", "MASKS", "PREDICTIONS", "N_SLICES"},
+    "09": {"CASE", "GRID", "PATCH_METRIC", "AGGREGATE"}, "10": {"CASES", "TOP_TOKENS"},
+    "11": {"TRAIN_ALIGNMENT", "CUE_STRENGTH", "TEST_SHIFT"}, "12": {"CASE", "PREVALENCE", "N_SHOW"},
+    "13": {"CASE", "PREVALENCE", "SCHEDULER", "N_WORKERS"},
+}
 NOTEBOOKS = notebooks()
 
 
@@ -39,9 +45,17 @@ def test_notebook_conventions(path):
     tree = ast.parse("".join(params[0]["source"]))
     names = set()
     for node in tree.body:
-        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), "parameters are literals only"
+        assert isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name), "parameters are literals only"
+        ast.literal_eval(node.value)  # ValueError: parameters are literals only
         names.add(node.targets[0].id)
-    assert EXPECTED_PARAMETERS <= names, "the shared parameters (a notebook may add its own)"
+    allowed = SHARED_PARAMETERS | OWN_PARAMETERS.get(path.name[:2], set())
+    assert "PRESET" in names and names <= allowed, \
+        f"{path.name}: PRESET is always declared, and only shared or own parameters: {sorted(names - allowed)}"
+    later = cells[cells.index(params[0]) + 1:]
+    used = {n.id for c in later for n in ast.walk(ast.parse("\n".join(
+        "" if line.lstrip().startswith(("%", "!")) else line for line in "".join(c["source"]).splitlines())))
+        if isinstance(n, ast.Name)}
+    assert names <= used, f"{path.name}: declared parameters no later cell uses: {sorted(names - used)}"
     assert any("assert" in "".join(c["source"]) and "# check" in "".join(c["source"]) for c in cells), "a check cell"
     for c in cells:
         assert not c.get("outputs") and c.get("execution_count") is None, "commit notebooks without outputs"
