@@ -4,6 +4,7 @@ import base64
 import io
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -87,21 +88,23 @@ def test_missing_ids_are_named(data):
         SliceBrowser(table, ["s01"] + ids[1:], xy, LABELS, metrics)
 
 
-def test_from_run_reads_metrics_and_prediction_files(data):
-    table, ids, xy, metrics, _, run_root = data
+def fake_run(data, X):
+    """Stand-ins for a train.Run (root and metrics(): all from_run reads) and an Embeddings (ids and X)."""
+    _, ids, _, metrics, _, run_root = data
 
-    class FakeRun:  # the two things from_run needs from a train.Run
+    class FakeRun:
         root = run_root
 
         def metrics(self):
             return metrics
 
-    class Emb:
-        pass
+    return FakeRun(), SimpleNamespace(ids=ids, X=X)
 
-    emb = Emb()
-    emb.ids, emb.X = ids, np.zeros((N, 3))
-    b = SliceBrowser.from_run(table, FakeRun(), emb, LABELS, xy=xy, attribute="flag", n_slices=4)
+
+def test_from_run_reads_metrics_and_prediction_files(data):
+    table, xy = data[0], data[2]
+    run, emb = fake_run(data, np.zeros((N, 3)))
+    b = SliceBrowser.from_run(table, run, emb, LABELS, xy=xy, attribute="flag", n_slices=4)
     pred = b.prediction("s03")
     assert pred.dtype == bool and pred.sum() == 144 and pred[6, 9 + 0] and not pred[6, 6]  # rolled by 3
     assert b.title.startswith("run ")
@@ -113,8 +116,22 @@ def test_failing_slice_is_the_protocol_winner_and_is_selected_first(data):
     assert b.report.success and b.report.winning_slice == 1
     assert b.failing_slice == 1 and b.selected == 1
     assert b.slice_options()[0][1] == 1 and "failing" in b.slice_options()[0][0]
-    # without an attribute: the eligible slice with the lowest mean Dice
-    assert make(data).failing_slice == 1 and make(data).report is None
+    # without an attribute: the protocol's label-free report (no winner), and its worst eligible slice
+    plain = make(data)
+    assert plain.report.winning_slice is None and not plain.report.success
+    assert plain.failing_slice == plain.report.worst_slice == 1
+    assert "purity" not in plain.slices.columns  # all NaN without an attribute: no column
+
+
+def test_failing_slice_is_the_protocols_choice_not_the_lowest_mean(data):
+    """Slice 2 is pure for the attribute and in the bottom 40 % (ranks 1-2 of 3), slice 1 has the lowest mean:
+    the protocol's winner (SliceReport.focus_slice) is the one shown first, never a second rule of the browser."""
+    in_slice_2 = LABELS == 2
+    b = make(data, attribute=in_slice_2)
+    assert b.report.winning_slice == 2 and b.report.worst_slice == 1
+    assert b.failing_slice == b.selected == 2 and b.slice_options()[0][1] == 2
+    assert "failing slice (protocol winner)" in b.metrics_html(2) and b.slice_flags(1) == ["bottom"]
+    assert "<details class='s4s-details' data-slice='2' open" in b.to_html(n=1)
 
 
 def test_selecting_a_slice_updates_state_and_the_gallery_shows_only_members(data):
@@ -282,3 +299,62 @@ def test_contrast_keeps_the_hidden_attribute_and_its_recodings_out_unless_oracle
     assert not oracle[oracle["column"] == "flag"]["text"].str.contains("oracle").any()
     # without a purity attribute a 'failure' column is still hidden, and so are its recodings
     assert make((table, ids, xy, m, preds, None)).hidden_columns == ["failure", "caliper", "crop_box"]
+
+
+# ------------------------------------------------------------------------------------------------ the split
+BROWSER = Path(__file__).resolve().parents[1] / "seg4seg_utils" / "report" / "browser"
+
+
+def test_the_model_needs_no_view(data, monkeypatch):
+    """model.py imports no drawing, HTML or widget library, and a BrowserModel answers every data question
+    with ipywidgets unavailable; only building a widget then fails, with a message naming the static view."""
+    import ast
+
+    imported = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                for n in ast.walk(ast.parse((BROWSER / "model.py").read_text()))
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert not imported & {"matplotlib", "ipywidgets", "IPython", "html"}
+    from seg4seg_utils.report.browser import BrowserModel
+
+    monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)  # import ipywidgets -> ImportError
+    table, ids, xy, metrics, preds, _ = data
+    m = BrowserModel(table, ids, xy, LABELS, metrics, predictions=preds, attribute="flag", n_slices=4)
+    assert not any(hasattr(m, v) for v in ("scatter", "gallery", "to_html", "widget"))
+    assert m.failing_slice == 1 and m.select(2).state["selected"] == 2 and m.size() == 4
+    assert m.slice_flags(1) == ["failing", "bottom"] and m.slice_flags(3) == ["empty"]
+    image, truth = m.image("s04")
+    assert image.shape[:2] == truth.shape == (24, 24) and truth.dtype == bool
+    assert "purity 1.00 for flag" in m.verdict()
+    with pytest.raises(ImportError, match="static_view"):
+        make(data).widget()
+    assert "<details" in make(data).to_html(n=1)  # the static view does not need ipywidgets either
+
+
+def test_saved_page_is_self_contained(data, tmp_path):
+    """Every image is embedded: the page can be mailed or put in the book without any file beside it."""
+    page = make(data, attribute="flag").save_html(tmp_path / "elsewhere" / "b.html", n=2).read_text()
+    sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"<(script|link|iframe)\b", page) and "url(" not in page
+    assert page.rstrip().endswith("</html>") and list(tmp_path.joinpath("elsewhere").iterdir()) == [
+        tmp_path / "elsewhere" / "b.html"]
+
+
+def test_from_slicer_takes_labels_proba_and_k_from_the_fit(data):
+    from sklearn.exceptions import NotFittedError
+
+    from seg4seg_utils.discovery.slicer import KMeansSlicer
+
+    table, xy = data[0], data[2]
+    run, emb = fake_run(data, np.c_[LABELS * 10.0, np.arange(N) % 2])
+    slicer = KMeansSlicer(n_slices=4, reduce=None, random_state=0).fit(emb.X, DICE)
+    b = SliceBrowser.from_slicer(table, run, emb, slicer, xy=xy, attribute="flag")
+    ref = SliceBrowser.from_run(table, run, emb, slicer.labels_, xy=xy, attribute="flag", proba=slicer.proba_,
+                                n_slices=4)
+    assert b.n_slices == 4 and b.order == "proba" and b.labels.tolist() == slicer.labels_.tolist()
+    pd.testing.assert_frame_equal(b.slices, ref.slices)
+    assert b.failing_slice == ref.failing_slice == int(slicer.labels_[4])  # the bad, flagged images' slice
+    with pytest.raises(TypeError, match="takes \\['labels'\\] from the slicer"):
+        SliceBrowser.from_slicer(table, run, emb, slicer, xy=xy, labels=LABELS)
+    with pytest.raises(NotFittedError):
+        SliceBrowser.from_slicer(table, run, emb, KMeansSlicer(n_slices=4), xy=xy)
