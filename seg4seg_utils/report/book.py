@@ -11,10 +11,13 @@ from typing import Any, Iterable
 
 import yaml
 
-__all__ = ["NOTEBOOK_DIR", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks", "build_book"]
+__all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks",
+           "build_book"]
 
 REPO = Path(__file__).resolve().parents[2]  # seg4seg_utils/report/book.py -> the repository
 NOTEBOOK_DIR = REPO / "notebooks"
+IDEA_FIGURE = "_generated/idea.png"  # relative to the book folder; intro.md shows it, build_book draws it
+_USED_HEADER = "# the values this chapter ran with"
 _NUMBERED = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
 
 
@@ -69,7 +72,7 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
                                 progress_bar=False, kernel_name="python3", log_output=False)
         except pm.PapermillExecutionError as exc:
             failed[target] = f"{exc.ename}: {exc.evalue}".strip()[:500]
-        _fold_injected_parameters(target)
+        _show_parameters_used(target, nb)
         if progress and not prepare_only:
             status = "FAILED" if target in failed else "ran"
             print(f"[seg4seg] {nb.name} ({preset}) {status} in {time.perf_counter() - t0:.0f} s -> {target}")
@@ -79,24 +82,86 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
     return written
 
 
-def _fold_injected_parameters(path: Path) -> None:
-    """Fold papermill's injected parameters cell in the book (``hide-input``: a "show" toggle), so a reader
-    sees the notebook's own parameters cell once, with the preset's values one click away."""
+def _show_parameters_used(path: Path, source: Path | None = None) -> None:
+    """Make the parameters cell a reader sees hold the values the chapter actually ran with.
+
+    papermill leaves the notebook's own ``parameters`` cell (its defaults, e.g. ``PRESET = "cpu"``) and adds an
+    ``injected-parameters`` cell after it that overrides them. Here each injected value is written into the
+    notebook's own cell, in place of the default (comments and order kept; a parameter the notebook does not
+    declare is appended), and the injected cell is tagged ``remove-cell``: the book shows one parameters cell,
+    with the values used. Executing the result again (nbval on ``--prepare-only`` copies) gives the same
+    values, since both cells now agree; the defaults stay in ``notebooks/``. If the notebook has no
+    ``parameters`` cell or it is not plain assignments, the injected cell simply stays visible.
+    """
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    changed = False
-    for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags and "hide-input" not in tags:
-            cell.metadata["tags"] = [*tags, "hide-input"]
-            changed = True
-    if changed:
-        nbformat.write(nb, path)
+    injected = [c for c in nb.cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    own = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(injected) != 1:
+        return
+    merged = _merge_parameters(own[0].source, injected[0].source) if len(own) == 1 else None
+    if merged is None:
+        return
+    tags = [t for t in injected[0].metadata.get("tags", []) if t not in ("hide-input", "remove-cell")]
+    injected[0].metadata["tags"] = [*tags, "remove-cell"]
+    where = source.resolve() if source else path
+    where = where.relative_to(REPO) if where.is_relative_to(REPO) else where.name
+    header = f"{_USED_HEADER} (papermill; the defaults are in {where})\n"
+    own[0].source = merged if merged.startswith(_USED_HEADER) else header + merged
+    nbformat.write(nb, path)
+
+
+def _merge_parameters(own: str, injected: str) -> str | None:
+    """``own`` (the notebook's literal parameters cell) with every value assigned in ``injected`` written in place
+    of its default; ``None`` if either is not plain ``NAME = value`` assignments."""
+    import ast
+
+    try:
+        own_tree, injected_tree = ast.parse(own), ast.parse(injected)
+    except SyntaxError:
+        return None
+    if not all(isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+               for n in [*own_tree.body, *injected_tree.body]):
+        return None
+    values = {n.targets[0].id: ast.get_source_segment(injected, n.value) for n in injected_tree.body}
+    if not values:
+        return None
+    lines = own.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(lineno: int, col: int) -> int:  # ast columns are UTF-8 byte offsets
+        return starts[lineno - 1] + len(lines[lineno - 1].encode()[:col].decode())
+
+    merged, declared = own, set()
+    for node in sorted(own_tree.body, key=lambda n: n.lineno, reverse=True):
+        name = node.targets[0].id
+        declared.add(name)
+        if name in values:
+            v = node.value
+            a, b = offset(v.lineno, v.col_offset), offset(v.end_lineno, v.end_col_offset)
+            pad = re.match(r"[ \t]*(?=#)", merged[b:])  # keep a trailing comment in its column
+            gap = pad.end() if pad else 0
+            if pad and v.lineno == v.end_lineno:
+                gap_new = max(2, gap - (len(values[name]) - (b - a)))
+                merged = merged[:a] + values[name] + " " * gap_new + merged[b + gap:]
+            else:
+                merged = merged[:a] + values[name] + merged[b:]
+    extra = [f"{name} = {value}  # passed in; not a parameter this notebook declares"
+             for name, value in values.items() if name not in declared]
+    if extra:
+        merged = merged.rstrip("\n") + "\n" + "\n".join(extra)
+    return merged
 
 
 def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:
-    """Build the jupyter-book (HTML) from the executed notebooks; returns the path of index.html."""
+    """Build the jupyter-book (HTML) from the executed notebooks; returns the path of index.html.
+
+    Draws the landing page's figure first (:mod:`seg4seg_utils.report.idea_figure`, into ``IDEA_FIGURE``)."""
+    from seg4seg_utils.report.idea_figure import write_idea_figure
+
     book_dir = Path(book_dir)
     toc = yaml.safe_load((book_dir / "_toc.yml").read_text())
     missing = [c["file"] for c in toc.get("chapters", [])
@@ -104,6 +169,7 @@ def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:
     if missing:
         raise FileNotFoundError(f"{book_dir}: chapters {missing} are missing. Execute the notebooks first: "
                                 "`python -m seg4seg_utils notebooks --preset cpu --out book/executed` (make run does).")
+    write_idea_figure(book_dir / IDEA_FIGURE)
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--warningiserror", "--keep-going"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
