@@ -56,7 +56,8 @@ def test_the_visible_parameters_cell_holds_the_values_the_chapter_ran_with(tmp_p
     shown = [c for c in nb.cells if "remove-cell" not in c.metadata.get("tags", [])]
     [cell] = [c for c in shown if "parameters" in c.metadata.get("tags", [])]
     assert 'PRESET = "smoke"   # smoke | cpu | paper' in cell.source, "value replaced, comment kept in its column"
-    assert "SEED = 3" in cell.source and 'LIMIT = {"a": 2}' in cell.source and "EXTRA = 1" in cell.source
+    assert "SEED = 3" in cell.source and 'LIMIT = {"a": 2}' in cell.source
+    assert "EXTRA" not in cell.source, "a passed name the notebook never declares (nor reads) is not shown"
     assert "cpu\"" not in cell.source and "SEED = 0" not in cell.source
     assert not [c for c in shown if "injected-parameters" in c.metadata.get("tags", [])], "shown once, not twice"
     assert shown[-1].outputs[0]["text"].strip() == "ran with smoke 3", "what the cell says is what ran"

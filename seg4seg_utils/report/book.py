@@ -87,9 +87,9 @@ def _show_parameters_used(path: Path, source: Path | None = None) -> None:
 
     papermill leaves the notebook's own ``parameters`` cell (its defaults, e.g. ``PRESET = "cpu"``) and adds an
     ``injected-parameters`` cell after it that overrides them. Here each injected value is written into the
-    notebook's own cell, in place of the default (comments and order kept; a parameter the notebook does not
-    declare is appended), and the injected cell is tagged ``remove-cell``: the book shows one parameters cell,
-    with the values used. Executing the result again (nbval on ``--prepare-only`` copies) gives the same
+    notebook's own cell, in place of the default (comments and order kept; a passed name the notebook does not
+    declare, which no cell reads, is not shown), and the injected cell is tagged ``remove-cell``: the book
+    shows one parameters cell, with the values used. Executing the result again (nbval on ``--prepare-only`` copies) gives the same
     values, since both cells now agree; the defaults stay in ``notebooks/``. If the notebook has no
     ``parameters`` cell or it is not plain assignments, the injected cell simply stays visible.
     """
@@ -149,11 +149,7 @@ def _merge_parameters(own: str, injected: str) -> str | None:
                 merged = merged[:a] + values[name] + " " * gap_new + merged[b + gap:]
             else:
                 merged = merged[:a] + values[name] + merged[b:]
-    extra = [f"{name} = {value}  # passed in; not a parameter this notebook declares"
-             for name, value in values.items() if name not in declared]
-    if extra:
-        merged = merged.rstrip("\n") + "\n" + "\n".join(extra)
-    return merged
+    return merged  # a passed name the notebook does not declare is never read: it stays in the hidden cell only
 
 
 def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:
