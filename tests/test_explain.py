@@ -420,3 +420,47 @@ def test_distinctiveness_plot_highlights_the_attribute_token():
     assert "'cropped' not in the top 2" in ax_b.get_title() and all(p.get_facecolor() != red for p in ax_b.patches)
     with pytest.raises(ValueError, match="at least one"):
         explain_plots.distinctiveness_plot({})
+
+
+def test_the_study_writes_the_notebooks_tables_and_figures(tmp_path):
+    """explanations.csv/.md, distinctiveness(_oracle).png and global_baseline.csv come from the study, not the
+    notebook; the same rows give the same files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table, metrics, _ = _planted_case_d(tmp_path)
+    rows, ex = explanation_study.explain_case(table, _FakeRun(metrics), _MeanColourEmbedder(), "D", seeds=(0, 1),
+                                              cache_dir=None, reduce="pca", n_components=4, oracle=True)
+    rows = rows.assign(prevalence=0.25)
+    extras = {("D", 0.25): ex}
+    out = tmp_path / "results" / "smoke" / "explain"
+
+    def write():
+        summary = explanation_study.write_summary(rows, out, "smoke", "mean colour", ex["text_embedding"])
+        figs = explanation_study.distinctiveness_figures(rows, extras, "D", 0.25, out, n_top=3)
+        base = explanation_study.global_baseline_table(extras, out)
+        return summary, figs, base
+
+    summary, (fig, fig_oracle), base = write()
+    expected = {f for files in explanation_study.RESULT_FILES.values() for f in files}
+    assert {p.name for p in out.iterdir()} == expected == {"explanations.csv", "explanations.md", "distinctiveness.png",
+                                                           "distinctiveness_oracle.png", "global_baseline.csv"}
+    assert summary.equals(explanation_study.summary_table(rows))
+    assert len(pd.read_csv(out / "explanations.csv")) == len(summary) == 3
+    md = (out / "explanations.md").read_text()
+    assert md.startswith("# Slice explanations (preset `smoke`, image embedder: mean colour; text: ")
+    assert X.ORACLE_LABEL in md and summary.to_markdown(index=False, floatfmt=".2f") in md
+    assert "ORACLE UPPER BOUND" in fig_oracle._suptitle.get_text() and "ORACLE" not in fig._suptitle.get_text()
+    assert len(fig.axes) == len(fig_oracle.axes) == 1 and fig.axes[0].get_title().startswith("case D (25%), slice ")
+    assert base.to_dict("records")[0]["attribute token"] == "low_quality" and len(base) == 1
+    assert bool(base["10 % names it (oracle)"].iat[0])  # the oracle baseline sees the planted attribute
+    assert len(pd.read_csv(out / "global_baseline.csv")) == 1
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    matplotlib.pyplot.close("all")
+    write()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    matplotlib.pyplot.close("all")
+    nowhere = tmp_path / "none"
+    explanation_study.write_summary(rows, None, "smoke", "x", "y")
+    explanation_study.global_baseline_table(extras, None)
+    assert not nowhere.exists()

@@ -310,3 +310,75 @@ def test_multiclass_runs_resume_like_binary_ones(tmp_path):
     a = torch.load(whole.root / "last.pt", weights_only=False)["model"]
     b = torch.load(resumed.root / "last.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- the study's written tables
+def _flip_metrics(n=80, seed=0):
+    """Per-image label-flip metrics with a planted shifted group whose cell A flips (what run.metrics() returns)."""
+    rng = np.random.default_rng(seed)
+    shifted = np.isin(np.arange(n) % 8, (0, 1))  # a quarter, both classes
+    cls = np.where(np.arange(n) % 2 == 0, 1, 2)
+    gt = rng.integers(200, 400, n)
+    flipped = np.where(shifted & (cls == 1), (gt * 0.6).astype(int), rng.integers(0, 3, n))
+    missed = rng.integers(0, 10, n)
+    correct = gt - flipped - missed
+    return pd.DataFrame({"id": [f"t{i:03d}" for i in range(n)], "shifted": shifted, "cls": cls, "gt_foreground": gt,
+                         "correct": correct, "flipped": flipped, "missed": missed, "flip_rate": flipped / gt,
+                         "flip_risk": np.clip(flipped / gt + rng.uniform(0, 0.2, n), 0, 1),
+                         "dice_fg": rng.uniform(0.9, 1.0, n), "dice_classes": 1 - flipped / gt - rng.uniform(0, 0.05, n)})
+
+
+def test_the_study_writes_its_tables_and_rewrites_them_unchanged(tmp_path):
+    """decomposition_by_group, flip_concentration, detection_by_performance and flip_rate_per_slice: written by
+    the study into the results folder (the notebook only shows them); a rerun leaves every file byte for byte."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    m = _flip_metrics()
+    rng = np.random.default_rng(1)
+    pixels = pd.DataFrame({"risk": rng.uniform(0, 1, 500)})
+    pixels["flipped"] = pixels["risk"] + rng.normal(0, 0.2, 500) > 0.8
+    X = np.vstack([rng.normal(0, 1, (40, 4)), rng.normal(4, 1, (40, 4))])
+    m["no_flip"] = 1 - m["flip_rate"]
+    out = tmp_path / "results" / "smoke" / "labelflip"
+
+    def run_all():
+        by_shift, by_group = lf.decomposition_by_group(m, out)
+        conc = lf.flip_risk_quality(pixels, m, out, q=0.1)
+        detection, rates, fitted = lf.detection_by_performance(X, m, m["shifted"], out, ("dice_fg", "no_flip"),
+                                                               seeds=(0, 1), n_slices=4, reduce=None)
+        sf, report = fitted[("no_flip", 0)]
+        per_slice = lf.flip_rate_per_slice(m, sf.labels_, report, out)
+        return by_shift, by_group, conc, detection, rates, per_slice
+
+    by_shift, by_group, conc, detection, rates, per_slice = run_all()
+    expected = {f for files in lf.RESULT_FILES.values() for f in files}
+    assert {p.name for p in out.iterdir()} == expected == {
+        "decomposition_by_group.csv", "flip_concentration.csv", "detection_by_performance.csv",
+        "detection_by_performance.md", "flip_rate_per_slice.csv", "flip_rate_per_slice.md"}
+    # the tables are the ones the building blocks give
+    assert list(by_shift["group"]) == ["aligned", "shifted"] and set(by_group["group"]) == {
+        "aligned, A", "aligned, B", "shifted, A", "shifted, B"}
+    pd.testing.assert_frame_equal(by_shift, label_flips.group_decomposition(
+        m, np.where(m["shifted"], "shifted", "aligned"), name="group"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "decomposition_by_group.csv"), by_shift, check_dtype=False)
+    assert by_group.set_index("group").loc["shifted, A", "flipped"] > 0.5
+    assert list(conc) == ["q", "pixel_share", "pixel_lift", "image_share", "image_lift", "n_pixels",
+                          "n_flipped_pixels", "n_images", "spearman_image", "pixel_auroc"]
+    assert conc["spearman_image"] == pytest.approx(spearmanr(m["flip_risk"], m["flip_rate"]).statistic)
+    assert conc["pixel_auroc"] == pytest.approx(roc_auc_score(pixels["flipped"], pixels["risk"]))
+    written = pd.read_csv(out / "flip_concentration.csv", index_col=0)["value"]
+    assert written.to_dict() == pytest.approx({k: float(v) for k, v in conc.items()})
+    assert len(detection) == 4 and list(rates.index) == ["dice_fg", "no_flip"] and (rates["n_seeds"] == 2).all()
+    assert rates["detection_rate"].to_dict() == detection.groupby("performance")["success"].mean().to_dict()
+    assert (out / "detection_by_performance.md").read_text() == rates.to_markdown(floatfmt=".2f") + "\n"
+    assert per_slice["n_images"].sum() == len(m) and per_slice["mean_flip_rate"].is_monotonic_decreasing
+    assert per_slice["purity_shifted"].notna().all()
+    assert (out / "flip_rate_per_slice.md").read_text() == per_slice.round(3).to_markdown(index=False) + "\n"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    run_all()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # no folder: the tables only
+    lf.decomposition_by_group(m, None)
+    assert lf.flip_risk_quality(pixels.assign(flipped=False), m, None)["pixel_auroc"] != \
+        lf.flip_risk_quality(pixels.assign(flipped=False), m, None)["pixel_auroc"]  # NaN: nothing flipped

@@ -297,3 +297,26 @@ def test_figures_draw_without_error():
     summary = pd.DataFrame({"level": ["image", "patch, lift"] * 2, "case": "B", "prevalence": [0.05, 0.05, 0.1, 0.1],
                             "detection_rate": [0.0, 1.0, 1.0, 1.0]})
     assert isinstance(patch_plots.detection_bars_figure(summary, "B"), Figure)
+
+
+def test_level_comparison_writes_the_table_and_rewrites_it_unchanged(tmp_path):
+    """The notebook shows what the study wrote: detection_patch_vs_image.csv, the same bytes on a rerun."""
+    patch = pd.DataFrame({"case": "B", "prevalence": [0.05, 0.05, 0.05, 0.05], "slicer_seed": [0, 1, 0, 1],
+                          "aggregate": ["lift", "lift", "pooled", "pooled"], "gamma": 10.0, "position": False,
+                          "patch_metric": "accuracy", "grid": 2, "n_slices": 2, "success": [True, False, True, True],
+                          "purity_pass": [True, True, True, True], "max_purity": [1.0, 0.9, 1.0, 1.0]})
+    image = pd.DataFrame({"case": ["B", "B"], "prevalence": [0.05, 0.05], "success": [False, False],
+                          "purity_pass": [False, True], "max_purity": [0.5, 0.85]})
+    out = tmp_path / "results" / "smoke" / "patches"
+    summary = patch_study.level_comparison(patch, image, out)
+    path = out / patch_study.LEVEL_COMPARISON_FILE
+    assert path.name == "detection_patch_vs_image.csv" and sorted(p.name for p in out.iterdir()) == [path.name]
+    pd.testing.assert_frame_equal(pd.read_csv(path), summary, check_dtype=False)
+    assert summary.equals(patch_study.detection_summary(patch, image))  # the table, unchanged by writing it
+    assert summary.set_index("level")["detection_rate"].to_dict() == {"image": 0.0, "image, pooled patch features": 1.0,
+                                                                      "patch, lift": 0.5}
+    before = path.read_bytes()
+    patch_study.level_comparison(patch, image, out)
+    assert path.read_bytes() == before
+    patch_study.level_comparison(patch, image, None)  # nowhere to write: only the table
+    assert sorted(p.name for p in out.iterdir()) == [path.name]

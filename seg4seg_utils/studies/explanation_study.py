@@ -3,6 +3,8 @@ name is the hidden attribute's (that last check reads the attribute: an **oracle
 
 Built from :mod:`seg4seg_utils.discovery.explain` (texts, TF-IDF, distinctiveness, text embeddings); the hidden
 columns (:func:`~seg4seg_utils.discovery.explain.hidden_columns`) never enter discovery or naming.
+:func:`write_summary`, :func:`distinctiveness_figures` and :func:`global_baseline_table` compute notebook 10's
+tables and figures and write them into the study's results folder (:data:`RESULT_FILES`); the notebook only shows them.
 """
 from __future__ import annotations
 
@@ -29,7 +31,13 @@ from seg4seg_utils.discovery.explain import (
 if TYPE_CHECKING:  # pragma: no cover
     from seg4seg_utils.discovery.embed import ClipEmbedder
 
-__all__ = ["JUDGED_COLUMNS", "explain_case", "summary_table"]
+__all__ = ["JUDGED_COLUMNS", "RESULT_FILES", "explain_case", "summary_table", "write_summary",
+           "distinctiveness_figures", "global_baseline_table"]
+
+#: what the study writes into its results folder (``results/<preset>/explain/`` in the book), by function
+RESULT_FILES = {"write_summary": ("explanations.csv", "explanations.md"),
+                "distinctiveness_figures": ("distinctiveness.png", "distinctiveness_oracle.png"),
+                "global_baseline_table": ("global_baseline.csv",)}
 
 #: the protocol's columns (:meth:`~seg4seg_utils.discovery.protocol.SliceReport.to_row`) an explanation row carries
 JUDGED_COLUMNS = ("success", "worst_slice", "worst_size", "worst_perf", "worst_purity", "precision_at_k")
@@ -170,3 +178,80 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         oracle_named_by_a_bottom_slice=("oracle_names_attribute_bottom", "mean"),
         n_seeds=("success", "size")).reset_index()
     return with_detection_counts(out)  # k/n and a 95 % Wilson interval beside the rate
+
+
+def _results_folder(out_dir: str | os.PathLike | None) -> Path | None:
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_summary(rows: pd.DataFrame, out_dir: str | os.PathLike | None, preset: str, image_embedder: str,
+                  text_embedding: str) -> pd.DataFrame:
+    """:func:`summary_table` of ``rows``, written to ``out_dir`` as ``explanations.csv`` and ``explanations.md``
+    (a title naming the preset, the image embedder and the text embedding, the oracle warning, the table).
+
+    ``out_dir`` None: nothing is written. Returns the table; the same rows always give the same files.
+    """
+    table = summary_table(rows)
+    out = _results_folder(out_dir)
+    if out is not None:
+        table.to_csv(out / "explanations.csv", index=False)
+        (out / "explanations.md").write_text(
+            f"# Slice explanations (preset `{preset}`, image embedder: {image_embedder}; text: {text_embedding})\n\n"
+            f"Rows with status `{ORACLE_LABEL}` recorded the failure attribute: an oracle upper bound, not a result. "
+            "The `oracle_*` columns read the attribute too.\n\n" + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+    return table
+
+
+def distinctiveness_figures(rows: pd.DataFrame, extras: dict[tuple[str, float], dict[str, Any]], cases: Sequence[str],
+                            prevalence: float, out_dir: str | os.PathLike | None, n_top: int = 5):
+    """The worst slice's most distinctive tokens per case (image-only slicing, the first slicer seed, at
+    ``prevalence``): from the remaining metadata, and - an **oracle upper bound** - the same slices explained with
+    the attribute recorded, its token in red (:func:`seg4seg_utils.report.explain_plots.distinctiveness_plot`).
+
+    ``rows``/``extras``: :func:`explain_case`'s, the rows carrying ``prevalence`` and the extras keyed by
+    ``(case, prevalence)``. Saved to ``out_dir`` as ``distinctiveness.png`` and ``distinctiveness_oracle.png``
+    (110 dpi; None: not saved). Returns (figure, oracle figure).
+    """
+    from seg4seg_utils.report.explain_plots import distinctiveness_plot
+
+    scores, scores_oracle, highlight = {}, {}, {}
+    for case in cases:
+        ex = extras[(case, prevalence)]
+        sel = rows[(rows["case"] == case) & (rows["prevalence"] == prevalence) & (rows["variant"] == "image")].iloc[0]
+        key = f"case {case} ({prevalence:.0%}), slice {sel['worst_slice']}"
+        scores[key] = pd.Series(sel["top_scores"], index=sel["top_tokens"])
+        named = ex["explanations_oracle"]["image"].loc[sel["worst_slice"]]
+        scores_oracle[key] = pd.Series(named["top_scores"], index=named["top_tokens"])
+        highlight[key] = ex["attribute_token"]
+    fig = distinctiveness_plot(scores, n_top=n_top, title="Most distinctive tokens of the worst slice, remaining metadata")
+    fig_oracle = distinctiveness_plot(scores_oracle, highlight, n_top=n_top,
+                                      title="ORACLE UPPER BOUND - attribute recorded: the same slices")
+    out = _results_folder(out_dir)
+    if out is not None:
+        fig.savefig(out / "distinctiveness.png", dpi=110)
+        fig_oracle.savefig(out / "distinctiveness_oracle.png", dpi=110)
+    return fig, fig_oracle
+
+
+def global_baseline_table(extras: dict[tuple[str, float], dict[str, Any]],
+                          out_dir: str | os.PathLike | None) -> pd.DataFrame:
+    """The global baseline without slicing, one row per (case, prevalence) of :func:`explain_case`'s ``extras``:
+    the top 3 tokens of the worst 10 % and 20 % of test images (remaining metadata) and whether, with the attribute
+    recorded, the top token is the attribute's (``names it (oracle)``: an oracle upper bound).
+
+    Written to ``out_dir`` as ``global_baseline.csv`` (None: not written). Returns the table.
+    """
+    base = pd.DataFrame([{"case": c, "prevalence": p, "attribute token": ex["attribute_token"],
+                          "worst 10 %: top 3": list(ex["global_10"].index[:3]),
+                          "worst 20 %: top 3": list(ex["global_20"].index[:3]),
+                          "10 % names it (oracle)": ex["global_10_oracle"].index[0] == ex["attribute_token"],
+                          "20 % names it (oracle)": ex["global_20_oracle"].index[0] == ex["attribute_token"]}
+                         for (c, p), ex in extras.items()])
+    out = _results_folder(out_dir)
+    if out is not None:
+        base.to_csv(out / "global_baseline.csv", index=False)
+    return base

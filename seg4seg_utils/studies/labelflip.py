@@ -4,6 +4,10 @@ The data (:mod:`seg4seg_utils.data.twin_cells`), the multi-class model (:mod:`se
 and the flip metrics (:mod:`seg4seg_utils.model.label_flips`) live in their layers; this module composes them:
 :func:`flip_mass_concentration` (how well flip-risk ranks the flips) and :func:`compare_performances` (SEG4SEG
 with foreground Dice, per-class Dice or ``no_flip`` = 1 - flip rate as the performance column).
+
+The notebook's tables come from four functions that compute them and write them into a results folder
+(``results/<preset>/labelflip/`` in the book): :func:`decomposition_by_group`, :func:`flip_risk_quality`,
+:func:`detection_by_performance` and :func:`flip_rate_per_slice` (:data:`RESULT_FILES`).
 """
 from __future__ import annotations
 
@@ -14,9 +18,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from seg4seg_utils.model.label_flips import top_share
+from seg4seg_utils.model.label_flips import group_decomposition, top_share
 
-__all__ = ["flip_mass_concentration", "compare_performances"]
+__all__ = ["RESULT_FILES", "flip_mass_concentration", "compare_performances", "decomposition_by_group",
+           "flip_risk_quality", "detection_by_performance", "flip_rate_per_slice"]
+
+#: what the study writes into its results folder, by function
+RESULT_FILES = {"decomposition_by_group": ("decomposition_by_group.csv",),
+                "flip_risk_quality": ("flip_concentration.csv",),
+                "detection_by_performance": ("detection_by_performance.csv", "detection_by_performance.md"),
+                "flip_rate_per_slice": ("flip_rate_per_slice.csv", "flip_rate_per_slice.md")}
 
 
 def flip_mass_concentration(pixels: pd.DataFrame, metrics: pd.DataFrame, q: float = 0.1) -> dict[str, float]:
@@ -64,3 +75,96 @@ def compare_performances(X: np.ndarray, metrics: pd.DataFrame, attribute: Any,
     return pd.DataFrame(rows), fitted
 
 
+
+
+# ------------------------------------------------------------------------------- tables, written to a folder
+def _results_folder(out_dir: str | os.PathLike | None) -> Path | None:
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def decomposition_by_group(metrics: pd.DataFrame, out_dir: str | os.PathLike | None
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Correct / flipped / missed per image group of the test split (:func:`group_decomposition`).
+
+    ``metrics``: the multi-class run's per-image metrics (``shifted``, ``cls`` and the pixel counts). Returns
+    (by shift: "aligned" / "shifted", by group: "aligned, A", "shifted, B", ...); the first is written to
+    ``out_dir`` as ``decomposition_by_group.csv`` (None: nothing is written).
+    """
+    shifted = np.where(metrics["shifted"], "shifted", "aligned")
+    group = shifted + ", " + metrics["cls"].map({1: "A", 2: "B"})
+    by_group = group_decomposition(metrics, group, name="group")
+    by_shift = group_decomposition(metrics, shifted, name="group")
+    out = _results_folder(out_dir)
+    if out is not None:
+        by_shift.to_csv(out / "decomposition_by_group.csv", index=False)
+    return by_shift, by_group
+
+
+def flip_risk_quality(pixels: pd.DataFrame, metrics: pd.DataFrame, out_dir: str | os.PathLike | None,
+                      q: float = 0.1) -> dict[str, float]:
+    """How well the ground-truth-free flip-risk predicts the flips: :func:`flip_mass_concentration` plus
+    ``spearman_image`` (Spearman rho of an image's mean flip-risk and its flip rate) and ``pixel_auroc`` (AUROC of
+    flip-risk for "this predicted-foreground pixel is flipped"; NaN when all or none are).
+
+    ``pixels``: :func:`seg4seg_utils.model.multiclass.pixel_flips` of the images in ``metrics``. Written to
+    ``out_dir`` as ``flip_concentration.csv`` (one ``value`` column; None: not written). Returns the dict.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    rho = float(spearmanr(metrics["flip_risk"], metrics["flip_rate"]).statistic)
+    has_both = 0 < pixels["flipped"].sum() < len(pixels)
+    pixel_auroc = float(roc_auc_score(pixels["flipped"], pixels["risk"])) if has_both else float("nan")
+    conc = flip_mass_concentration(pixels, metrics, q=q)
+    conc["spearman_image"], conc["pixel_auroc"] = rho, pixel_auroc
+    out = _results_folder(out_dir)
+    if out is not None:
+        pd.Series(conc).to_frame("value").to_csv(out / "flip_concentration.csv")
+    return conc
+
+
+def detection_by_performance(X: np.ndarray, metrics: pd.DataFrame, attribute: Any,
+                             out_dir: str | os.PathLike | None,
+                             performances: Sequence[str] = ("dice_fg", "dice_classes", "no_flip"),
+                             seeds: Sequence[int] = (0,), n_slices: int = 10,
+                             cache_dir: str | os.PathLike | None = None, reduce: str | None = "umap"
+                             ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """:func:`compare_performances` (arguments as there) and its rates per performance column (detection rate, mean
+    max/worst purity, mean omega2, number of seeds).
+
+    Written to ``out_dir``: the per-seed rows as ``detection_by_performance.csv``, the rates as
+    ``detection_by_performance.md`` (None: nothing is written). Returns (rows, rates, fitted slicers).
+    """
+    detection, fitted = compare_performances(X, metrics, attribute, performances, seeds=seeds, n_slices=n_slices,
+                                             cache_dir=cache_dir, reduce=reduce)
+    rates = detection.groupby("performance", sort=False).agg(detection_rate=("success", "mean"),
+                                                             max_purity=("max_purity", "mean"),
+                                                             worst_purity=("worst_purity", "mean"),
+                                                             omega2=("omega2", "mean"), n_seeds=("success", "size"))
+    out = _results_folder(out_dir)
+    if out is not None:
+        detection.to_csv(out / "detection_by_performance.csv", index=False)
+        (out / "detection_by_performance.md").write_text(rates.to_markdown(floatfmt=".2f") + "\n")
+    return detection, rates, fitted
+
+
+def flip_rate_per_slice(metrics: pd.DataFrame, labels: Any, report: Any,
+                        out_dir: str | os.PathLike | None) -> pd.DataFrame:
+    """Correct / flipped / missed per slice (``labels``, one per row of ``metrics``) with the slice's purity from
+    ``report`` (its :class:`~seg4seg_utils.discovery.protocol.SliceReport`), highest mean flip rate first.
+
+    Written to ``out_dir`` as ``flip_rate_per_slice.csv`` and, rounded to 3 digits, ``flip_rate_per_slice.md``
+    (None: nothing is written). Returns the table.
+    """
+    per_slice = group_decomposition(metrics, labels, name="slice")
+    per_slice["purity_shifted"] = per_slice["slice"].map(report.table.set_index("slice")["purity"])
+    per_slice = per_slice.sort_values("mean_flip_rate", ascending=False).reset_index(drop=True)
+    out = _results_folder(out_dir)
+    if out is not None:
+        per_slice.to_csv(out / "flip_rate_per_slice.csv", index=False)
+        (out / "flip_rate_per_slice.md").write_text(per_slice.round(3).to_markdown(index=False) + "\n")
+    return per_slice

@@ -3,6 +3,8 @@
 One :class:`PatchBenchmarkItem` = one trained model's test split, one slicer seed and one setting (grid, gamma,
 aggregation, patch metric). :func:`patch_benchmark` runs a grid of them, resumable like the image-level
 benchmark (:mod:`.benchmark`): one JSON line per finished fit, keyed by a hash of the item.
+:func:`level_comparison` puts the patch- and image-level detection rates side by side and writes the table
+(:data:`LEVEL_COMPARISON_FILE`) into the study's results folder; notebook 09 only shows it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ from seg4seg_utils.discovery.patches import PatchData, PatchSliceFinder, patch_d
 if TYPE_CHECKING:  # pragma: no cover
     from seg4seg_utils.discovery.embed import Embedder
 
-__all__ = ["PatchBenchmarkItem", "run_patch_item", "patch_benchmark", "level_names", "detection_summary"]
+__all__ = ["PatchBenchmarkItem", "run_patch_item", "patch_benchmark", "level_names", "detection_summary",
+           "level_comparison", "LEVEL_COMPARISON_FILE"]
+
+#: the table :func:`level_comparison` writes into its results folder
+LEVEL_COMPARISON_FILE = "detection_patch_vs_image.csv"
+
 
 @dataclass(frozen=True)
 class PatchBenchmarkItem:
@@ -172,3 +179,17 @@ def detection_summary(patch_rows: pd.DataFrame, image_rows: pd.DataFrame | None 
     return with_detection_counts(rows.groupby(["level", "case", "prevalence"])
                                  .agg(detection_rate=("success", "mean"), purity_pass=("purity_pass", "mean"),
                                       max_purity=("max_purity", "mean"), n_seeds=("success", "size")).reset_index())
+
+
+def level_comparison(patch_rows: pd.DataFrame, image_rows: pd.DataFrame | None,
+                     out_dir: str | os.PathLike | None) -> pd.DataFrame:
+    """:func:`detection_summary` of patch- and image-level rows, written to ``out_dir`` as
+    :data:`LEVEL_COMPARISON_FILE` (``results/<preset>/patches/`` in the book; ``None``: nothing is written).
+
+    Returns the table. The same rows always give the same file, so rerunning the study leaves it unchanged.
+    """
+    summary = detection_summary(patch_rows, image_rows)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        summary.to_csv(Path(out_dir) / LEVEL_COMPARISON_FILE, index=False)
+    return summary
