@@ -92,10 +92,10 @@ def markdown(table: pd.DataFrame, model_seeds: list[int], title: str) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     from seg4seg_utils.config import get_preset
-    from seg4seg_utils.discovery.embed import default_embedder
     from seg4seg_utils.discovery.judge import SlicerSettings
-    from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
-    from seg4seg_utils.studies.pipeline import case_datasets, train_grid
+    from seg4seg_utils.studies.benchmark import benchmark_items, run_benchmark
+    from seg4seg_utils.studies.pipeline import gap_table
+    from seg4seg_utils.studies.workspace import Workspace
 
     t0 = time.perf_counter()
     progress = not args.no_progress
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     preset = replace(preset, seeds=preset.seeds[:1])  # one injected dataset per cell; models differ by seed
     out = Path(args.results) / preset.name / "model_seeds"
     out.mkdir(parents=True, exist_ok=True)
-    grid = case_datasets(preset, args.data, cases=args.cases, progress=progress)
+    ws = Workspace(preset, data_dir=args.data, runs_dir=args.runs, results_dir=args.results, cache_dir=args.cache,
+                   clip_weights=args.clip_weights, n_jobs=args.jobs, progress=progress)
+    grid = ws.case_datasets(args.cases)
     print(f"[bench] {len(grid)} cells (cases {args.cases}, prevalences {list(preset.prevalences)}) x model seeds "
           f"{args.model_seeds} x slicer seeds {list(preset.slicer_seeds)}", flush=True)
 
@@ -115,10 +117,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for i, seed in enumerate(args.model_seeds, 1):
         print(f"[bench] model seed {seed} ({i}/{len(args.model_seeds)}): training or reusing {len(grid)} models "
               f"in {args.runs}/{preset.name}", flush=True)
-        g = train_grid(grid, preset, args.runs, None, progress=progress, seed=seed)
-        gaps.append(g.assign(model_seed=seed))
-        runs = [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(r)) for cd, r in zip(grid, g["run"])]
-        for it in benchmark_items(runs, preset.slicer_seeds, settings=settings):
+        trained = ws.replace(train_overrides={"seed": seed}).trained_cases(grid)
+        gaps.append(gap_table(trained).assign(model_seed=seed))
+        for it in benchmark_items(trained, preset.slicer_seeds, settings=settings):
             items.append(it)
             seed_of[it.key] = seed
     gaps = pd.concat(gaps, ignore_index=True)
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     results = out / "detection_items.jsonl"
     print(f"[bench] {len(items)} slicer fits; finished ones are read back from {results}", flush=True)
-    rows = run_benchmark(items, default_embedder(args.clip_weights), results, cache_dir=args.cache,
-                         n_jobs=args.jobs, progress=progress)
+    rows = run_benchmark(items, ws.embedder, results, cache_dir=ws.cache_dir, n_jobs=ws.n_jobs, progress=progress)
     rows["model_seed"] = rows["key"].map(seed_of)
     table = summarise(rows, gaps, args.model_seeds)
     table.to_csv(out / "detection_by_model_seed.csv", index=False)

@@ -33,7 +33,8 @@ from seg4seg_utils.data.records import (
 )
 from seg4seg_utils.data.taxonomy import TAXONOMY, failure_type, taxonomy_table
 from seg4seg_utils.model.metrics import METRICS, metrics_table, segmentation_metrics
-from seg4seg_utils.studies.pipeline import base_datasets, case_datasets, run_data_job
+from seg4seg_utils.studies.pipeline import run_data_job
+from seg4seg_utils.studies.workspace import CaseDataset, TrainedCase, Workspace
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,6 @@ __all__ = [
     "CASES", "Case", "get_case", "inject", "injected_name",
     "METRICS", "metrics_table", "segmentation_metrics",
     "MODALITIES", "generate_phantom_dataset",
-    "base_datasets", "case_datasets", "run_data_job",
+    "Workspace", "CaseDataset", "TrainedCase", "run_data_job",
     "TAXONOMY", "failure_type", "taxonomy_table",
 ]

@@ -86,12 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from seg4seg_utils.discovery.embed import EmbedderUnavailable
         from seg4seg_utils.model.train import TrainingSetupError
         from seg4seg_utils.studies.pipeline import run_job
+        from seg4seg_utils.studies.workspace import Workspace
 
         t0 = time.perf_counter()
         try:
-            paths = run_job(args.preset, args.data, args.results, args.runs, real_root=args.real, until=args.until,
-                            clip_weights=args.clip_weights, cache_dir=args.cache, progress=not args.no_progress,
-                            n_jobs=args.jobs)
+            ws = Workspace(args.preset, data_dir=args.data, results_dir=args.results, runs_dir=args.runs,
+                           cache_dir=args.cache, real_root=args.real, clip_weights=args.clip_weights,
+                           n_jobs=args.jobs, progress=not args.no_progress)
+            paths = run_job(ws, until=args.until)
         except (DatasetError, ValueError, TrainingSetupError, EmbedderUnavailable, FileNotFoundError) as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ def bench():
 
 
 def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
-    from seg4seg_utils.studies.pipeline import case_datasets, train_grid
+    from seg4seg_utils.studies.workspace import Workspace
 
     args = ["--preset", "smoke", "--cases", "A", "--prevalences", "0.2", "--model-seeds", "0", "1",
             "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
@@ -32,12 +32,11 @@ def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out / "detection_by_model_seed.csv"), table, check_dtype=False)
     md = (out / "detection_by_model_seed.md").read_text()
     assert f"({int(row['k'])}/2, " in md and "model seed 1" in md and "Wilson" in md
-    # model seed 0 is the main job's run: train_grid without overrides finds it and trains nothing
+    # model seed 0 is the main job's run: a workspace without overrides finds it and trains nothing
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("done.json")}
     assert len(done) == 2
-    grid = case_datasets("smoke", tmp_path / "data", cases="A", progress=False)
-    main_job = train_grid(grid, "smoke", tmp_path / "runs", None, progress=False)
-    assert Path(main_job["run"].iat[0]) / "done.json" in done
+    main_job = Workspace("smoke", data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", progress=False)
+    assert Path(main_job.trained_case("A", 0.2).run.root) / "done.json" in done
     # resumable: a rerun trains nothing and fits nothing
     items = (out / "detection_items.jsonl").read_text()
     again = bench.main(args)

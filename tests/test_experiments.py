@@ -9,20 +9,20 @@ from seg4seg_utils.config import get_preset
 from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
 from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, load_run, run_benchmark
-from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
+from seg4seg_utils.studies.pipeline import detection_benchmark, gap_table, train_grid
+from seg4seg_utils.studies.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    grid = case_datasets("smoke", root / "data", cases="AD", progress=False)
-    gaps = train_grid(grid, "smoke", root / "runs", root / "results" / "training", progress=False)
-    return root, grid, gaps
+    ws = Workspace("smoke", data_dir=root / "data", runs_dir=root / "runs", results_dir=root / "results",
+                   cache_dir=root / "cache", n_jobs=1, progress=False)
+    return root, ws, train_grid(ws, cases="AD")
 
 
 def test_benchmark_rows_resume_and_parallel(trained, tmp_path):
-    root, grid, gaps = trained
-    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
+    root, ws, runs = trained
     settings = SlicerSettings(reduce="pca")
     items = benchmark_items(runs, slicer_seeds=(0, 1), image_variants=("x0", "x0*M_GT"),
                             performances=(("dice",), ("dice", "ppv")), settings=settings)
@@ -49,11 +49,9 @@ def test_benchmark_rows_resume_and_parallel(trained, tmp_path):
 
 
 def test_detection_benchmark_writes_tables_and_figure(trained):
-    root, grid, gaps = trained
-    out = root / "results" / "detection"
-    table = detection_benchmark(grid, gaps, "smoke", out, embedder=EfficientNetLite0Embedder(),
-                                cache_dir=root / "cache", n_jobs=1, settings=SlicerSettings(reduce="pca"),
-                                progress=False)
+    root, ws, runs = trained
+    out = root / "results" / "smoke" / "detection"
+    table = detection_benchmark(ws, runs, settings=SlicerSettings(reduce="pca"))
     assert set(table["case"]) == {"A", "D"} and len(table) == len(get_preset("smoke").prevalences) * 2
     assert get_preset("smoke").n_images * 0.2 >= 20  # the test split holds at least case B's 20 slices
     for name in ("detection_rates.csv", "detection_rates.md", "detection_heatmap.png", "detection_items.jsonl"):
@@ -69,10 +67,9 @@ def test_detection_benchmark_writes_tables_and_figure(trained):
 def test_ablation_covers_variants_likelihoods_and_baselines(trained):
     from seg4seg_utils.studies.pipeline import ablation
 
-    root, grid, gaps = trained
-    out = root / "results" / "ablation"
-    table = ablation(grid, gaps, "smoke", out, embedder=EfficientNetLite0Embedder(), cache_dir=root / "cache",
-                     n_jobs=1, reduce="pca", progress=False)
+    root, ws, runs = trained
+    out = root / "results" / "smoke" / "ablation"
+    table = ablation(ws, runs, reduce="pca")
     settings = set(table["setting"])
     assert len(settings) == 3 * 3 + 4
     assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
@@ -83,12 +80,24 @@ def test_ablation_covers_variants_likelihoods_and_baselines(trained):
     assert len({len(re.findall(r"(?<!\\)\|", line)) for line in rows}) == 1  # every row has the header's cells
 
 
-def test_train_grid_subset_without_results_dir_writes_nothing(trained):
-    root, grid, gaps = trained
-    before = (root / "results" / "training" / "gaps.csv").read_text()
-    sub = train_grid(grid[:1], "smoke", root / "runs", None, progress=False)  # cached run, looked up only
-    assert len(sub) == 1 and sub["run"].iat[0] == gaps["run"].iat[0]
-    assert (root / "results" / "training" / "gaps.csv").read_text() == before
+def test_train_grid_writes_gaps_and_the_workspace_finds_runs_without_training(trained):
+    root, ws, runs = trained
+    out = root / "results" / "smoke" / "training"
+    gaps = pd.read_csv(out / "gaps.csv")
+    assert list(gaps["case"]) == [tc.case for tc in runs] and {"gap", "p_value", "run"} <= set(gaps.columns)
+    for name in ("gaps.md", "subgroup_gap.png", "learning_curves.png"):
+        assert (out / name).stat().st_size > 0
+    pd.testing.assert_frame_equal(gap_table(runs), gaps, check_dtype=False)
+    # "the run for case A at 20 %": read back, nothing trained, nothing written
+    done = {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("done.json")}
+    before = (out / "gaps.csv").read_text()
+    one = ws.trained_case("A", 0.2)
+    assert (one.case, one.prevalence) == ("A", 0.2)
+    assert one.run.root == next(tc.run.root for tc in runs if (tc.case, tc.prevalence) == ("A", 0.2))
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").rglob("done.json")} == done
+    assert (out / "gaps.csv").read_text() == before
+    with pytest.raises(ValueError, match="not in preset 'smoke'"):
+        ws.trained_case("A", 0.05)
 
 
 def planted_benchmark(root):

@@ -170,7 +170,7 @@ def test_image_level_benchmark_item(injected, run_root, tmp_path, spy, how, vari
                             progress=False)
         item = BenchmarkItem(CASE, 0.2, 0, 3, variant, ("dice",), str(root), str(injected.root),
                              SlicerSettings(reduce="pca"))
-        run_item(item, emb.ids, emb.X, "counting")
+        run_item(item, emb.ids, emb.X, load_run(root).metrics(), "counting")
         fits.append((emb, spy[-1]))
     (emb_a, fit_a), (emb_b, fit_b) = fits
     assert emb_a.ids == emb_b.ids and emb_a.X.tobytes() == emb_b.X.tobytes()   # embedding

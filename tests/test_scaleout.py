@@ -8,8 +8,9 @@ import pytest
 from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder, Embedder, SegmentationEncoderEmbedder
 from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.studies import scaleout
-from seg4seg_utils.studies.benchmark import benchmark_items, load_run, run_benchmark
-from seg4seg_utils.studies.pipeline import case_datasets, detection_benchmark, train_grid
+from seg4seg_utils.studies.benchmark import benchmark_items, run_benchmark
+from seg4seg_utils.studies.pipeline import detection_benchmark
+from seg4seg_utils.studies.workspace import Workspace
 
 PROVENANCE = ("seconds_reduce", "seconds_fit", "worker", "started")
 
@@ -17,14 +18,13 @@ PROVENANCE = ("seconds_reduce", "seconds_fit", "worker", "started")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    grid = case_datasets("smoke", root / "data", cases="AD", progress=False)
-    gaps = train_grid(grid, "smoke", root / "runs", None, progress=False)
-    runs = [(cd.case, cd.prevalence, cd.seed, cd.table, load_run(gaps["run"].iat[i])) for i, cd in enumerate(grid)]
-    return root, grid, gaps, runs
+    ws = Workspace("smoke", data_dir=root / "data", runs_dir=root / "runs", results_dir=root / "results",
+                   progress=False)
+    return root, ws, ws.trained_cases("AD")
 
 
 def test_builtin_embedders_pickle_as_recipes_not_weights(trained):
-    root, grid, gaps, runs = trained
+    root, ws, runs = trained
     lite = EfficientNetLite0Embedder()
     blob = pickle.dumps(lite)
     assert len(blob) < 2_000, "a recipe, not 13 MB of tensors"
@@ -78,7 +78,7 @@ def _result(rows):
 @pytest.mark.slow
 def test_sweep_on_a_local_two_worker_dask_cluster_matches_loky(trained, tmp_path, monkeypatch):
     """The environment switch alone moves embedding extraction and every fit onto the cluster; same rows."""
-    root, grid, gaps, runs = trained
+    root, ws, runs = trained
     items = benchmark_items(runs, slicer_seeds=(0, 1, 2, 3), image_variants=("x0", "x0*M_GT"),
                             settings=SlicerSettings(reduce="pca"))
     embedder = EfficientNetLite0Embedder()
@@ -101,9 +101,8 @@ def test_sweep_on_a_local_two_worker_dask_cluster_matches_loky(trained, tmp_path
     np.testing.assert_allclose(a["omega2"], b["omega2"], rtol=1e-9)
 
     # the pipeline entry points (what notebooks and `make run` call) need no change either
-    table = detection_benchmark(grid, gaps, "smoke", tmp_path / "detection", embedder=embedder,
-                                cache_dir=tmp_path / "cache-dask", settings=SlicerSettings(reduce="pca"),
-                                progress=False)
+    table = detection_benchmark(ws.replace(results_dir=tmp_path, cache_dir=tmp_path / "cache-dask"), runs,
+                                settings=SlicerSettings(reduce="pca"))
     assert set(table["case"]) == {"A", "D"}
 
 

@@ -67,14 +67,14 @@ def load_run(run_root: str | os.PathLike):
     return Run.from_folder(run_root)
 
 
-def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: str,
+def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, metrics: pd.DataFrame, embedder_name: str,
              reduced_cache: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Fit and judge one item on precomputed test-split embeddings ``X`` (rows in ``ids`` order)."""
+    """Fit and judge one item on precomputed test-split embeddings ``X`` (rows in ``ids`` order) and the
+    run's per-image ``metrics`` (read once per run by :func:`run_benchmark`, not once per fit)."""
     from seg4seg_utils.data.inject import CASES
     from seg4seg_utils.discovery.embed import performance_matrix
     from seg4seg_utils.discovery.judge import fit_and_judge, reduced
 
-    metrics = load_run(item.run_root).metrics()
     Y = performance_matrix(metrics, item.performance, ids=ids)
     attr = metrics.set_index("id").loc[ids, "failure"].astype(bool).to_numpy()
     n_slices = item.settings.n_slices or CASES[item.case].n_slices
@@ -96,14 +96,17 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, embedder_name: 
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
 
-def _embed_item(dataset_root: str, run_root: str, variant: str, embedder, cache_dir) -> tuple[list[str], np.ndarray]:
-    """One (dataset, run, variant) test-split embedding, from the cache or computed (a joblib task)."""
+def _embed_item(dataset_root: str, run_root: str, variant: str, embedder, cache_dir
+                ) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+    """One (dataset, run, variant) test-split embedding, from the cache or computed, with the run's per-image
+    metrics (a joblib task: the run is read here once for every fit that uses it)."""
     from seg4seg_utils.data.records import read_dataset
     from seg4seg_utils.discovery.embed import embed_dataset
 
+    run = load_run(run_root)
     emb = embed_dataset(read_dataset(dataset_root, validate="none", require_splits=()), embedder, variant,
-                        run=load_run(run_root), split="test", cache_dir=cache_dir, progress=False)
-    return emb.ids, emb.X
+                        run=run, split="test", cache_dir=cache_dir, progress=False)
+    return emb.ids, emb.X, run.metrics()
 
 
 def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | os.PathLike,
@@ -111,7 +114,7 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
     """Run every item not already in ``results_path`` (JSON lines), in parallel with joblib; return all rows.
 
     Two rounds of joblib tasks: one embedding per (dataset, run, variant), read from or written to the
-    cache, then one reduce-fit-judge per item. Rows are appended as they finish, so an interrupted
+    cache (with the run's metrics, read once), then one reduce-fit-judge per item. Rows are appended as they finish, so an interrupted
     benchmark resumes where it stopped. Any joblib backend runs them: ``SEG4SEG_BACKEND=dask`` (see
     :mod:`seg4seg_utils.studies.scaleout`) or an enclosing ``joblib.parallel_config``; on a cluster ``n_jobs`` is
     ignored and every worker is used.
