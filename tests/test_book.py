@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import pytest
 import yaml
 
 from seg4seg_utils.report.book import IDEA_FIGURE, build_book, run_notebooks

@@ -31,7 +31,7 @@ def tiny_dataset(root, n=6, size=(12, 10), config=None):
 
 
 def test_roundtrip(tmp_path):
-    t = tiny_dataset(tmp_path / "ds")
+    tiny_dataset(tmp_path / "ds")
     t2 = read_dataset(tmp_path / "ds", validate="full")
     assert len(t2) == 6 and t2.meta["split_counts"] == {"train": 2, "val": 2, "test": 2}
     assert t2.attribute_columns == ["flag"]

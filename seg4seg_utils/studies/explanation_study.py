@@ -27,6 +27,7 @@ from seg4seg_utils.discovery.explain import (
     text_embedding,
     tfidf,
 )
+from seg4seg_utils.studies.workspace import results_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     from seg4seg_utils.discovery.embed import ClipEmbedder
@@ -180,14 +181,6 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     return with_detection_counts(out)  # k/n and a 95 % Wilson interval beside the rate
 
 
-def _results_folder(out_dir: str | os.PathLike | None) -> Path | None:
-    if out_dir is None:
-        return None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def write_summary(rows: pd.DataFrame, out_dir: str | os.PathLike | None, preset: str, image_embedder: str,
                   text_embedding: str) -> pd.DataFrame:
     """:func:`summary_table` of ``rows``, written to ``out_dir`` as ``explanations.csv`` and ``explanations.md``
@@ -196,7 +189,7 @@ def write_summary(rows: pd.DataFrame, out_dir: str | os.PathLike | None, preset:
     ``out_dir`` None: nothing is written. Returns the table; the same rows always give the same files.
     """
     table = summary_table(rows)
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         table.to_csv(out / "explanations.csv", index=False)
         (out / "explanations.md").write_text(
@@ -230,7 +223,7 @@ def distinctiveness_figures(rows: pd.DataFrame, extras: dict[tuple[str, float], 
     fig = distinctiveness_plot(scores, n_top=n_top, title="Most distinctive tokens of the worst slice, remaining metadata")
     fig_oracle = distinctiveness_plot(scores_oracle, highlight, n_top=n_top,
                                       title="ORACLE UPPER BOUND - attribute recorded: the same slices")
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         fig.savefig(out / "distinctiveness.png", dpi=110)
         fig_oracle.savefig(out / "distinctiveness_oracle.png", dpi=110)
@@ -251,7 +244,7 @@ def global_baseline_table(extras: dict[tuple[str, float], dict[str, Any]],
                           "10 % names it (oracle)": ex["global_10_oracle"].index[0] == ex["attribute_token"],
                           "20 % names it (oracle)": ex["global_20_oracle"].index[0] == ex["attribute_token"]}
                          for (c, p), ex in extras.items()])
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         base.to_csv(out / "global_baseline.csv", index=False)
     return base

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from seg4seg_utils.model.label_flips import group_decomposition, top_share
+from seg4seg_utils.studies.workspace import results_folder
 
 __all__ = ["RESULT_FILES", "flip_mass_concentration", "compare_performances", "decomposition_by_group",
            "flip_risk_quality", "detection_by_performance", "flip_rate_per_slice"]
@@ -78,14 +79,6 @@ def compare_performances(X: np.ndarray, metrics: pd.DataFrame, attribute: Any,
 
 
 # ------------------------------------------------------------------------------- tables, written to a folder
-def _results_folder(out_dir: str | os.PathLike | None) -> Path | None:
-    if out_dir is None:
-        return None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def decomposition_by_group(metrics: pd.DataFrame, out_dir: str | os.PathLike | None
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Correct / flipped / missed per image group of the test split (:func:`group_decomposition`).
@@ -98,7 +91,7 @@ def decomposition_by_group(metrics: pd.DataFrame, out_dir: str | os.PathLike | N
     group = shifted + ", " + metrics["cls"].map({1: "A", 2: "B"})
     by_group = group_decomposition(metrics, group, name="group")
     by_shift = group_decomposition(metrics, shifted, name="group")
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         by_shift.to_csv(out / "decomposition_by_group.csv", index=False)
     return by_shift, by_group
@@ -121,7 +114,7 @@ def flip_risk_quality(pixels: pd.DataFrame, metrics: pd.DataFrame, out_dir: str 
     pixel_auroc = float(roc_auc_score(pixels["flipped"], pixels["risk"])) if has_both else float("nan")
     conc = flip_mass_concentration(pixels, metrics, q=q)
     conc["spearman_image"], conc["pixel_auroc"] = rho, pixel_auroc
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         pd.Series(conc).to_frame("value").to_csv(out / "flip_concentration.csv")
     return conc
@@ -145,7 +138,7 @@ def detection_by_performance(X: np.ndarray, metrics: pd.DataFrame, attribute: An
                                                              max_purity=("max_purity", "mean"),
                                                              worst_purity=("worst_purity", "mean"),
                                                              omega2=("omega2", "mean"), n_seeds=("success", "size"))
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         detection.to_csv(out / "detection_by_performance.csv", index=False)
         (out / "detection_by_performance.md").write_text(rates.to_markdown(floatfmt=".2f") + "\n")
@@ -163,7 +156,7 @@ def flip_rate_per_slice(metrics: pd.DataFrame, labels: Any, report: Any,
     per_slice = group_decomposition(metrics, labels, name="slice")
     per_slice["purity_shifted"] = per_slice["slice"].map(report.table.set_index("slice")["purity"])
     per_slice = per_slice.sort_values("mean_flip_rate", ascending=False).reset_index(drop=True)
-    out = _results_folder(out_dir)
+    out = results_folder(out_dir)
     if out is not None:
         per_slice.to_csv(out / "flip_rate_per_slice.csv", index=False)
         (out / "flip_rate_per_slice.md").write_text(per_slice.round(3).to_markdown(index=False) + "\n")

@@ -26,7 +26,7 @@ from seg4seg_utils.config import Preset, get_preset
 from seg4seg_utils.data.inject import CASES, inject, injected_name
 from seg4seg_utils.data.records import DatasetError, SampleTable, read_dataset
 
-__all__ = ["Workspace", "CaseDataset", "TrainedCase"]
+__all__ = ["Workspace", "CaseDataset", "TrainedCase", "results_folder"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,15 @@ class TrainedCase(NamedTuple):
     seed: int
     table: SampleTable
     run: Any
+
+
+def results_folder(out_dir: str | Path | None) -> Path | None:
+    """``out_dir`` as a Path, created if missing; ``None`` (a study asked to write nothing) stays None."""
+    if out_dir is None:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _optional_path(value: str | Path | None) -> Path | None:
