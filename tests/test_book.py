@@ -82,3 +82,21 @@ def test_the_idea_figure_is_drawn_by_the_projects_code(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
     build_book(book)
     assert (book / IDEA_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_glue_makes_numpy_scalars_plain_so_the_book_can_format_them(monkeypatch):
+    """numpy 2 prints np.float64(0.75) as 'np.float64(0.75)': a {glue:text}`name:.2f` role cannot format that and
+    the book build fails. The project's glue stores plain Python values."""
+    import myst_nb
+
+    from seg4seg_utils.report import book
+
+    stored = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: stored.__setitem__(name, (value, display)))
+    book.glue("rate", np.float64(0.75))
+    book.glue("counts", [np.int64(3), np.float32(0.5)])
+    book.glue("label", "5/5")
+    assert stored["rate"] == (0.75, False) and type(stored["rate"][0]) is float
+    assert stored["counts"][0] == [3, 0.5] and [type(v) for v in stored["counts"][0]] == [int, float]
+    assert stored["label"][0] == "5/5"
+    assert repr(stored["rate"][0]) == "0.75"  # what myst-nb writes as text/plain and the role formats

@@ -159,3 +159,31 @@ def test_recorded_success_matches_planted_verdicts(tmp_path):
     assert (by_run.loc["spread", "max_purity"] <= 0.6).all()
     table = detection_table(rows, by=("data_seed",))
     assert table["detection_rate"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_benchmark_reads_each_run_once_not_once_per_fit(trained, tmp_path, monkeypatch):
+    from seg4seg_utils.studies import benchmark
+
+    root, ws, runs = trained
+    reads = []
+    real_load_run = benchmark.load_run
+    monkeypatch.setattr(benchmark, "load_run", lambda root_: reads.append(str(root_)) or real_load_run(root_))
+    items = benchmark_items(runs, slicer_seeds=(0, 1, 2), settings=SlicerSettings(reduce="pca"))
+    rows = run_benchmark(items, ws.embedder, tmp_path / "items.jsonl", cache_dir=root / "cache", n_jobs=1,
+                         progress=False)
+    assert len(rows) == len(items) == 3 * len(runs)
+    assert sorted(reads) == sorted(str(tc.run.root) for tc in runs), "one read per run, shared by its fits"
+
+
+def test_workspace_picks_the_cell_asked_for(tmp_path):
+    """With two prevalences in the grid, ws.trained_case returns the model trained on the one asked for."""
+    from dataclasses import replace
+
+    two = replace(get_preset("smoke"), prevalences=(0.1, 0.2))
+    ws = Workspace(two, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", progress=False)
+    for prevalence in (0.1, 0.2):
+        tc = ws.trained_case("A", prevalence)
+        test = tc.table.split("test").df
+        assert tc.prevalence == prevalence and test["failure"].astype(bool).mean() == pytest.approx(prevalence)
+        assert tc.run.metrics()["failure"].astype(bool).mean() == pytest.approx(prevalence)
+    assert ws.trained_case("A", 0.1).run.root != ws.trained_case("A", 0.2).run.root

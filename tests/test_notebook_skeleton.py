@@ -10,7 +10,8 @@
 5. a check cell: a code cell whose first line starts with ``# check:`` and that asserts something;
 6. the last cell, markdown: ``## Summary``, then ``### What's next`` linking the next chapter(s) by their titles;
 7. numbers in the prose come from the run: every ``{glue:...}`name``` in markdown is glued in code
-   (``glue("name", value, display=False)``) and every glued name is used in markdown;
+   (``glue("name", value, display=False)``, the project's :func:`seg4seg_utils.report.book.glue`, which makes numpy
+   scalars plain so the book can format them) and every glued name is used in markdown;
 8. notebooks write no result files themselves (no to_csv, savefig, write_text, open(..., "w"), ...).
 
 Each rule is its own test, parametrised by notebook, and its message names the notebook and what is wrong.
@@ -278,6 +279,18 @@ def test_glued_numbers_are_glued_in_code_and_used_in_prose(path):
     assert not unused, f"{path.name}: glued in code but never used in the prose: {unused}"
     idle = [p.pattern for p in patterns if not any(p.match(n) for n in used)]
     assert not idle, f"{path.name}: f-string glue names that the prose never uses: {idle}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_glue_goes_through_the_projects_wrapper(path):
+    """myst_nb.glue stores numpy 2 scalars as 'np.float64(0.75)', which a formatted glue role cannot read, and the
+    book build fails; seg4seg_utils.report.book.glue stores plain values."""
+    imports = text(cells(path)[1])
+    assert "from myst_nb import" not in imports and "import myst_nb" not in imports, \
+        f"{path.name}: glue through `from seg4seg_utils.report.book import glue`, not myst_nb's own"
+    names, patterns = glued_in_code(path)
+    if names or patterns:
+        assert "from seg4seg_utils.report.book import glue" in imports, f"{path.name}: glues without the wrapper"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import yaml
 
 __all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks",
-           "build_book"]
+           "build_book", "glue", "plain"]
 
 REPO = Path(__file__).resolve().parents[2]  # seg4seg_utils/report/book.py -> the repository
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -29,6 +29,25 @@ class NotebookFailures(RuntimeError):
         lines = "\n".join(f"  {path.name}: {error}" for path, error in failed.items())
         super().__init__(f"{len(failed)} of {len(written)} notebook(s) failed (the executed copies show the failing "
                          f"cell; the other notebooks ran):\n{lines}")
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars turned into Python ones (also inside lists, tuples and dicts)."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """myst-nb's ``glue`` for a chapter's prose, with numpy scalars made plain first: numpy 2 prints a float64 as
+    ``np.float64(0.75)``, which a ``{glue:text}`name:.2f``` role cannot format, and the book build fails."""
+    from myst_nb import glue as myst_glue
+
+    myst_glue(name, plain(value), display=display)
 
 
 def notebooks(folder: str | os.PathLike = NOTEBOOK_DIR) -> list[Path]:
