@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seg4seg_utils.discovery.judge import SlicerSettings, fit_and_judge, make_slicer, reduced
+from seg4seg_utils.discovery.judge import SlicerSettings, choose_n_slices, fit_and_judge, make_slicer, reduced
 from seg4seg_utils.discovery.protocol import evaluate_slices, worst_slice
 from seg4seg_utils.discovery.slicer import ErrorRankingSlicer, KMeansSlicer, SliceFinder
 
@@ -94,3 +94,60 @@ def test_reduced_is_cached_and_identical(tmp_path):
     first = reduced(X, SlicerSettings(reduce="pca", n_components=3), 0, tmp_path)
     assert len(list(tmp_path.glob("pca3-*.npy"))) == 1
     assert np.array_equal(first, reduced(X, SlicerSettings(reduce="pca", n_components=3), 0, tmp_path))
+
+
+def four_clusters(seed=0, n_per=100, hidden=False):
+    """Four well-separated unit Gaussians in 8-d, each with its own logit-normal Dice level; ``hidden``: a third
+    of cluster 0 fails (logit mean -0.5) with no embedding difference - a fifth, performance-only slice."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(seed)
+    Z = np.vstack([rng.normal(c, 1.0, (n_per, 8)) for c in 10.0 * np.eye(8)[:4]])
+    cluster = np.repeat(np.arange(4), n_per)
+    mu = np.array([2.5, 2.0, 1.5, 3.0])[cluster]
+    failing = (cluster == 0) & (np.arange(len(Z)) % n_per < n_per // 3)
+    if hidden:
+        mu = np.where(failing, -0.5, mu)
+    return Z, expit(rng.normal(mu, 0.3)), failing
+
+
+@pytest.mark.parametrize("method", ["seg4seg", "gmm"])
+def test_choose_n_slices_finds_the_planted_clusters(method):
+    Z, dice, _ = four_clusters()
+    settings = SlicerSettings(method=method)
+    k, table = choose_n_slices(Z, dice, range(2, 9), settings=settings)
+    assert k == 4
+    assert list(table.columns) == ["n_slices", "bic", "lower_bound", "converged", "chosen"]
+    assert table["n_slices"].tolist() == list(range(2, 9)) and table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "n_slices"].item() == k and table["bic"].idxmin() == table["chosen"].idxmax()
+    # each row is the standard fit (fit_and_judge's), scored by the untempered joint BIC
+    slicer, _ = fit_and_judge(Z, dice, None, n_slices=5, settings=settings)
+    assert table.loc[table["n_slices"] == 5, "bic"].item() == slicer.bic(Z, dice, tempered=False)
+
+
+def test_choose_n_slices_sees_a_performance_only_slice():
+    """The hidden failure group is a fifth slice only to seg4seg; the GMM, blind to performance, stays at 4."""
+    Z, dice, failing = four_clusters(hidden=True)
+    assert choose_n_slices(Z, dice, range(2, 9), settings=SlicerSettings(method="gmm"))[0] == 4
+    k, _ = choose_n_slices(Z, dice, range(2, 9))
+    assert k == 5
+    labels = make_slicer(SlicerSettings(), k, 0).fit(Z, dice).labels_
+    assert max(failing[labels == s].mean() for s in np.unique(labels)) > 0.9
+
+
+def test_tempered_bic_would_always_add_slices():
+    """Why choose_n_slices scores the proper joint density: at gamma=10 the tempered BIC keeps falling past k=4."""
+    Z, dice, _ = four_clusters()
+    tempered = [make_slicer(SlicerSettings(), k, 0).fit(Z, dice).bic(Z, dice) for k in (4, 8, 12)]
+    assert tempered[0] > tempered[1] > tempered[2]
+
+
+def test_choose_n_slices_candidates_and_methods():
+    Z, dice, _ = four_clusters(n_per=5)  # 20 samples: k <= 10 only
+    k, table = choose_n_slices(Z, dice, [3, 10, 11, 30], settings=SlicerSettings(method="gmm"))
+    assert table["n_slices"].tolist() == [3, 10] and k in (3, 10)
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_n_slices(Z, dice, [11, 12])
+    for method in ("kmeans", "error_ranking"):
+        with pytest.raises(ValueError, match="no likelihood"):
+            choose_n_slices(Z, dice, settings=SlicerSettings(method=method))

@@ -147,3 +147,67 @@ def test_umap_path_end_to_end():
     assert a.embedding_.shape == (len(X), 8)
     np.testing.assert_array_equal(a.labels_, b.labels_)  # UMAP with a random_state is deterministic
     assert_recovered(a.labels_, dice, truth, hidden)
+
+
+def sklearn_gmm_with(sf):
+    """A scikit-learn diagonal GaussianMixture holding ``sf``'s fitted mixture parameters."""
+    gm = GaussianMixture(len(sf.weights_), covariance_type="diag")
+    gm.weights_, gm.means_, gm.covariances_ = sf.weights_, sf.means_, sf.covariances_
+    gm.precisions_cholesky_ = 1 / np.sqrt(sf.covariances_)
+    return gm
+
+
+def test_bic_at_gamma_zero_is_sklearns():
+    X, dice, _, _ = planted(1)
+    sf = SliceFinder(n_slices=3, gamma=0, reduce=None, tol=1e-6, max_iter=500, random_state=0).fit(X, dice)
+    Z = sf.embedding_
+    # the formula, at the same parameters
+    gm = sklearn_gmm_with(sf)
+    assert sf._n_parameters() == gm._n_parameters() == 2 + 2 * 3 * 4
+    np.testing.assert_allclose(sf.score_samples(X, dice), gm.score_samples(Z), rtol=1e-12)
+    assert sf.score(X, dice) == pytest.approx(gm.score(Z), rel=1e-12)
+    assert sf.bic(X, dice) == pytest.approx(gm.bic(Z), rel=1e-10)
+    assert sf.bic(X) == sf.bic(X, dice) == sf.bic(X, dice, tempered=False)  # no performance term at gamma=0
+    # and sklearn's own fit from the same start reaches the same BIC
+    init = sf._m_step(Z, dice[:, None], sf._init_resp(Z, dice[:, None],
+                                                       int(np.random.default_rng(0).integers(2 ** 31 - 1)), 0.0))
+    fitted = GaussianMixture(3, covariance_type="diag", reg_covar=sf.reg_covar, tol=1e-6, max_iter=500,
+                             weights_init=init[0], means_init=init[1], precisions_init=1 / init[2]).fit(Z)
+    assert sf.bic(X, dice) == pytest.approx(fitted.bic(Z), rel=1e-6)
+
+
+@pytest.mark.parametrize("model", ["gaussian", "soft_categorical"])
+def test_bic_with_performance_is_the_tempered_joint_likelihood(model):
+    from scipy.special import logsumexp
+
+    from seg4seg_utils.discovery.slicer import _diag_log_gaussian
+
+    X, dice, _, hidden = planted(3)
+    Y = np.c_[dice, np.where(hidden, 0.5, 0.97)]
+    sf = SliceFinder(n_slices=4, gamma=10, performance_model=model, reduce=None, random_state=0).fit(X, Y)
+    Z, Ys = sf._transform_inputs(X, Y)
+    if model == "gaussian":
+        perf = _diag_log_gaussian(Ys, sf.perf_params_["means"], sf.perf_params_["variances"])
+        n_perf = 2 * 4 * 2
+    else:
+        p = sf.perf_params_["p"]
+        perf = np.log(Ys[:, None, :] * p[None] + (1 - Ys[:, None, :]) * (1 - p[None])).sum(axis=2)
+        n_perf = 4 * 2
+    base = np.log(sf.weights_) + _diag_log_gaussian(Z, sf.means_, sf.covariances_)
+    n_par = 3 + 2 * 4 * 4 + n_perf
+    assert sf._n_parameters() == n_par and sf._n_parameters(False) == n_par - n_perf
+    for gamma, tempered in ((10.0, True), (1.0, False)):
+        ll = logsumexp(base + gamma * perf, axis=1)
+        np.testing.assert_allclose(sf.score_samples(X, Y, tempered=tempered), ll, rtol=1e-12)
+        assert sf.bic(X, Y, tempered=tempered) == pytest.approx(-2 * ll.sum() + n_par * np.log(len(X)), rel=1e-12)
+    assert sf.score(X, Y) == sf.score(X, performance=Y) == pytest.approx(sf.score_samples(X, Y).mean())
+    # without performance: the embedding mixture alone, performance parameters not counted
+    ll_z = logsumexp(base, axis=1)
+    assert sf.bic(X) == pytest.approx(-2 * ll_z.sum() + (n_par - n_perf) * np.log(len(X)), rel=1e-12)
+
+
+def test_score_before_fit():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
+        SliceFinder().bic(np.zeros((3, 2)), np.zeros(3))

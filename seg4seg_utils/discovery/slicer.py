@@ -259,6 +259,76 @@ class SliceFinder(BaseSlicer):
         """Hard slice labels of new samples (see :meth:`predict_proba`)."""
         return self.predict_proba(X, performance).argmax(axis=1)
 
+    # ------------------------------------------------------------------------- likelihood and BIC
+    def _score_gamma(self, performance: np.ndarray | None, tempered: bool) -> float:
+        """The exponent of P(y | s) when scoring: the fitted gamma (tempered), or 1 (the proper joint density)
+        when the model has a performance term at all; 0 without performance or for a model fitted without it."""
+        if performance is None or self._gamma == 0:
+            return 0.0
+        return self._gamma if tempered else 1.0
+
+    def score_samples(self, X: np.ndarray, performance: np.ndarray | None = None, *,
+                      tempered: bool = True) -> np.ndarray:
+        """Per-sample log of the (tempered) joint likelihood at the fitted parameters, shape (n,):
+
+            log sum_s pi_s N(z_i | mu_s, diag sigma2_s) P(y_i | s)^gamma
+
+        with z and y transformed exactly as in ``fit`` (reduction, standardisation, logit). ``tempered=False``
+        uses exponent 1 instead of the fitted gamma: the log of a proper, normalised joint density of (z, y)
+        (evaluated at the parameters the tempered EM found). Without ``performance`` (or for a model fitted
+        without it, or with ``gamma=0``) the performance factor is dropped: the log density of the diagonal
+        Gaussian mixture on z, as scikit-learn's ``GaussianMixture.score_samples``. The density is that of the
+        *standardised* z (and y), so values compare only between models fitted on the same data.
+        """
+        Z, Y = self._transform_inputs(X, performance)
+        log_prob = self._estimate_log_prob(Z, Y, self.weights_, self.means_, self.covariances_, self.perf_params_,
+                                           self._score_gamma(performance, tempered))
+        return logsumexp(log_prob, axis=1)
+
+    def score(self, X: np.ndarray, y: np.ndarray | None = None, *, performance: np.ndarray | None = None,
+              tempered: bool = True) -> float:
+        """Mean of :meth:`score_samples` (scikit-learn's ``GaussianMixture.score`` convention); performance
+        is given as ``y`` or ``performance=``, as in ``fit``."""
+        return float(self.score_samples(X, resolve_performance(y, performance), tempered=tempered).mean())
+
+    def _n_parameters(self, with_performance: bool | None = None) -> int:
+        """Free parameters of the fitted model: weights K-1, means K*d, variances K*d and, when the
+        performance term is in the likelihood (``with_performance``; default: fitted with performance and
+        ``gamma > 0``), K*m means + K*m variances ('gaussian') or K*m slice scores ('soft_categorical')."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "weights_")
+        k, d = self.means_.shape
+        n = (k - 1) + 2 * k * d
+        if with_performance is None:
+            with_performance = self._gamma > 0
+        if with_performance:
+            if self.performance_model == "soft_categorical":
+                n += self.perf_params_["p"].size
+            else:
+                n += self.perf_params_["means"].size + self.perf_params_["variances"].size
+        return int(n)
+
+    def bic(self, X: np.ndarray, performance: np.ndarray | None = None, *, tempered: bool = True) -> float:
+        """Bayesian information criterion ``-2 * sum(score_samples) + n_parameters * log(n)`` (lower is
+        better), as scikit-learn's ``GaussianMixture.bic``; the performance parameters count only when the
+        performance term is in the likelihood.
+
+        With ``gamma=0`` (or no performance) this *is* the BIC of the diagonal Gaussian mixture on the
+        standardised reduced embeddings. With ``gamma != 1`` and ``tempered=True`` it is the BIC of the
+        *tempered* joint likelihood ``pi N(z) P(y|s)^gamma`` - the objective EM maximises - which is not a
+        normalised probability model and has no model-evidence meaning; it compares numbers of slices at a
+        fixed gamma only, and for ``gamma > 1`` it keeps falling as slices are added (``P(y|s)^gamma``
+        rewards ever narrower performance components gamma-fold: measured on four planted clusters, gamma=3
+        and 10 picked the largest candidate, 18-20). ``tempered=False`` scores the proper joint density
+        (exponent 1) at the same fitted parameters; that is what
+        :func:`~seg4seg_utils.discovery.judge.choose_n_slices` uses (it picked the planted 4, or 5 with a
+        hidden performance-only slice, at gamma 1, 3 and 10). At ``gamma=1`` both are the same number.
+        """
+        ll = self.score_samples(X, performance, tempered=tempered)
+        with_perf = self._score_gamma(performance, tempered) > 0
+        return float(-2.0 * ll.sum() + self._n_parameters(with_perf) * np.log(len(ll)))
+
 
 class KMeansSlicer(BaseSlicer):
     """Baseline: k-means on the reduced embeddings (performance ignored)."""
