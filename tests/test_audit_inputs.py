@@ -102,11 +102,11 @@ def test_missing_folder_is_named(tmp_path):
 def test_empty_folder_is_named(tmp_path):
     f = three_folders(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match=r"empty: no predictions files .* It is empty"):
+    with pytest.raises(DatasetError, match=r"empty: no predictions \(.png.* It is empty"):
         pair_folders(f["images"], f["masks"], tmp_path / "empty")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "readme.txt").write_text("x")
-    with pytest.raises(DatasetError, match=r"junk: no images files .*holds only readme.txt"):
+    with pytest.raises(DatasetError, match=r"junk: no images \(.png.*holds only readme.txt"):
         pair_folders(tmp_path / "junk", f["masks"], f["predictions"])
 
 
@@ -171,20 +171,29 @@ def test_gray_palette_mask_reads_gray_levels(tmp_path):
 
 
 def test_lossy_masks_are_rejected(tmp_path):
-    save(disk(), tmp_path / "m.jpg", quality=75)
+    """Each of the three rules alone (module docstring): a noisy JPEG, > 20 values, 255 beside other values."""
+    labels = np.zeros((N, N), np.uint8)
+    labels[:, 5:13], labels[:, 13:21], labels[:, 21:] = 3, 6, 9  # edges off the 8x8 grid: JPEG noise
+    save(labels, tmp_path / "m.jpg", quality=75)
+    decoded = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert decoded.max() < 255 and len(np.unique(decoded)) <= 20  # only the JPEG rule can catch this one
     with pytest.raises(DatasetError, match=r"m\.jpg: looks like a lossy \(JPEG\) mask: \d+ distinct values .*"
                                            r"Save masks losslessly as PNG"):
         read_label_map(tmp_path / "m.jpg")
-    decoded = np.asarray(Image.open(tmp_path / "m.jpg"))  # the same noise saved as PNG: still lossy
-    assert len(np.unique(decoded)) > 20
-    save(decoded, tmp_path / "resaved.png")
-    with pytest.raises(DatasetError, match="resaved.png: looks like a lossy"):
+    save(disk(200), tmp_path / "d.jpg", quality=75)
+    noise = np.asarray(Image.open(tmp_path / "d.jpg"))  # JPEG noise saved again as PNG: many values, max < 255
+    assert noise.max() < 255 and len(np.unique(noise)) > 20
+    save(noise, tmp_path / "resaved.png")
+    with pytest.raises(DatasetError, match=r"resaved.png: looks like a lossy .*at most 20 distinct values"):
         read_label_map(tmp_path / "resaved.png")
     few = disk()
     few[15, 3:6] = (1, 128, 254)  # few values, but 255 beside values other than 0: interpolation noise
     save(few, tmp_path / "few.png")
     with pytest.raises(DatasetError, match=r"few.png: looks like a lossy .* 5 distinct values \(e.g. 0, 1, 128"):
         read_label_map(tmp_path / "few.png")
+    save(noise, tmp_path / "prediction.png")
+    with pytest.raises(DatasetError, match=r"prediction.png: looks like a lossy .*A soft prediction belongs"):
+        read_prediction(tmp_path / "prediction.png")
 
 
 def test_clean_binary_jpeg_is_accepted(tmp_path):

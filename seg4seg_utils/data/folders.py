@@ -95,7 +95,7 @@ def _scan(folder: str | os.PathLike, what: str, suffixes: tuple[str, ...]) -> di
         found = f" It holds only {_few(others)}." if others else " It is empty."
         hint = (" 3-D volumes (.nii.gz, .nrrd, .mha) are not supported: export 2-D slices." if
                 any(o.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")) for o in others) else "")
-        raise DatasetError(f"{folder}: no {what} files ({', '.join(suffixes)}) in this folder.{found}{hint}")
+        raise DatasetError(f"{folder}: no {what} ({', '.join(suffixes)}) in this folder.{found}{hint}")
     return stems
 
 
