@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from seg4seg_utils.model.metrics import confusion_counts, metrics_table, segmentation_metrics
+from seg4seg_utils.model.metrics import (SOFT_METRICS, confusion_counts, metrics_table, segmentation_metrics,
+                                         soft_scores)
 
 
 def masks(*rows):
@@ -82,3 +83,59 @@ def test_subgroup_gap_hand_computed():
     assert np.isnan(one["p_value"]) and one["n_group"] == 1
     with pytest.raises(KeyError, match="needs columns"):
         subgroup_gap(df, metric="iou")
+
+
+def disk(size=64, radius=15):
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= radius ** 2
+
+
+def test_soft_scores_of_a_perfect_confident_prediction():
+    truth = disk()
+    s = soft_scores(truth.astype(float), truth)
+    assert tuple(s) == SOFT_METRICS
+    assert s == {"soft_dice": 1.0, "boundary_uncertainty": 0.0, "mean_uncertainty": 0.0}
+
+
+def test_soft_dice_hand_computed_and_empty():
+    p = np.array([[0.8, 0.2], [0.6, 0.0]])
+    t = masks("10", "10")
+    assert soft_scores(p, t)["soft_dice"] == pytest.approx(2 * 1.4 / (1.6 + 2))
+    empty = np.zeros((4, 4), bool)
+    assert soft_scores(np.zeros((4, 4)), empty)["soft_dice"] == 1.0  # agreed-empty: as Dice in the table
+    assert soft_scores(np.full((4, 4), 0.1), empty)["soft_dice"] == 0.0
+
+
+def test_uncertainties_hand_computed():
+    p = np.full((5, 6), 0.5)
+    s = soft_scores(p, np.zeros((5, 6), bool))
+    assert s["mean_uncertainty"] == 1.0
+    assert s["boundary_uncertainty"] == 0.0  # p >= 0.5 everywhere: all foreground, no edge to be unsure about
+    # one foreground column (2, p=0.9); its thick boundary is columns 1-3, uncertainties 0, 0.2, 0.4
+    p = np.tile([0.0, 0.0, 0.9, 0.2, 0.0, 0.0], (5, 1))
+    assert soft_scores(p, p >= 0.5, band=0)["boundary_uncertainty"] == pytest.approx(0.6 / 3)
+    assert soft_scores(p, p >= 0.5, band=1)["boundary_uncertainty"] == pytest.approx(0.6 / 5)  # columns 0-4
+    assert soft_scores(p, p >= 0.5)["mean_uncertainty"] == pytest.approx(0.6 / 6)
+
+
+def test_blurring_raises_boundary_uncertainty_only():
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    truth = disk()
+    p = gaussian_filter(truth.astype(float), 2)  # values may overshoot [0, 1] by rounding: accepted
+    s = soft_scores(p, truth)
+    assert s["boundary_uncertainty"] > 0.5 > s["mean_uncertainty"] > 0
+    assert 0.85 < s["soft_dice"] < 1  # 0.894
+    inside = distance_transform_edt(truth) > 8  # the interior, far from the edge, stays confident
+    assert (1 - np.abs(2 * p[inside] - 1)).max() < 1e-3
+
+
+def test_soft_scores_bad_inputs():
+    with pytest.raises(ValueError, match="shape"):
+        soft_scores(np.zeros((2, 3)), np.zeros((3, 2), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        soft_scores(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        soft_scores(np.full((2, 3), 1.5), np.zeros((2, 3), bool))
+    with pytest.raises(ValueError, match="band"):
+        soft_scores(np.zeros((2, 3)), np.zeros((2, 3), bool), band=-1)

@@ -14,15 +14,28 @@ prediction covers every pixel  formula formula formula 1 if the truth does too, 
 Rationale: agreeing that there is nothing to segment is perfect agreement (1); any other undefined ratio
 arises only when the model missed or hallucinated the whole structure, which is a complete failure (0) -
 so PPV of an empty prediction on a non-empty truth is 0, not "no false positives, hence 1".
+
+Scores only soft outputs allow (:func:`soft_scores`, one image, names in ``SOFT_METRICS``), with the pixel
+uncertainty u = 1 - |2p - 1| (0 for a confident 0 or 1, 1 at p = 0.5):
+
+* ``soft_dice`` = 2 sum(p t) / (sum(p) + sum(t)), in [0, 1], higher is better; 1 when both sums are 0 (truth
+  empty and probability all zero: agreed-empty, as Dice in the table). Usable as a performance score.
+* ``boundary_uncertainty``: mean u over the pixels within ``band`` px of the edge of the thresholded
+  prediction (p >= 0.5) - how unsure the model is where it draws the edge; 0 when the prediction has no edge.
+* ``mean_uncertainty``: mean u over the whole image.
+
+The two uncertainties need no ground truth; they are descriptors (higher = less sure), not quality scores.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "confusion_counts", "segmentation_metrics", "metrics_table", "subgroup_gap"]
+__all__ = ["METRICS", "SOFT_METRICS", "confusion_counts", "segmentation_metrics", "metrics_table", "subgroup_gap",
+           "soft_scores"]
 
 METRICS: tuple[str, ...] = ("dice", "iou", "ppv", "npv")
+SOFT_METRICS: tuple[str, ...] = ("soft_dice", "boundary_uncertainty", "mean_uncertainty")
 
 
 def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -100,3 +113,38 @@ def subgroup_gap(table: pd.DataFrame, group: str = "failure", metric: str = "dic
     mean_b = float(b.mean()) if len(b) else float("nan")
     return {"n_group": int(len(a)), "n_rest": int(len(b)), f"{metric}_group": mean_a, f"{metric}_rest": mean_b,
             "gap": mean_b - mean_a, "p_value": p}
+
+
+def soft_scores(probability: np.ndarray, truth: np.ndarray, band: int = 2) -> dict[str, float]:
+    """``soft_dice``, ``boundary_uncertainty`` and ``mean_uncertainty`` of one image (see the module docstring).
+
+    ``probability``: float HxW in [0, 1] (a rounding overshoot up to 1e-6 is clipped); ``truth``: boolean HxW. The boundary band is the pixels at
+    Euclidean distance <= ``band`` from the thick boundary (pixels on either side of the edge,
+    ``skimage.segmentation.find_boundaries(mode="thick")``) of ``probability >= 0.5``; the image border is
+    not an edge, so an all-foreground (or all-background) prediction has no band and scores 0.
+    """
+    from scipy.ndimage import distance_transform_edt
+    from skimage.segmentation import find_boundaries
+
+    p = np.asarray(probability, dtype=np.float64)
+    t = np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"probability shape {p.shape} differs from ground-truth shape {t.shape}")
+    if t.dtype != bool:
+        raise TypeError(f"the ground truth must be boolean (got {t.dtype})")
+    if not np.isfinite(p).all() or (p < -1e-6).any() or (p > 1 + 1e-6).any():
+        raise ValueError("probabilities must be finite and lie in [0, 1]")
+    p = np.clip(p, 0.0, 1.0)  # rounding overshoot (resampled or filtered maps) of at most 1e-6
+    if int(band) != band or band < 0:
+        raise ValueError(f"band must be a whole number of pixels >= 0, got {band}")
+    overlap, total = float((p * t).sum()), float(p.sum() + t.sum())
+    uncertainty = 1.0 - np.abs(2.0 * p - 1.0)
+    edge = find_boundaries(p >= 0.5, mode="thick")
+    if edge.any():
+        near = distance_transform_edt(~edge) <= band
+        boundary_uncertainty = float(uncertainty[near].mean())
+    else:
+        boundary_uncertainty = 0.0
+    return {"soft_dice": 2.0 * overlap / total if total > 0 else 1.0,
+            "boundary_uncertainty": boundary_uncertainty,
+            "mean_uncertainty": float(uncertainty.mean()) if uncertainty.size else 0.0}
