@@ -139,8 +139,9 @@ def _image_descriptors(image: np.ndarray) -> dict[str, float]:
         noise = float(np.median(np.abs(diagonal))) / _MAD_TO_SIGMA
     else:
         noise = 0.0
-    return {"brightness": float(grey.mean()), "contrast": float(grey.std()),
-            "sharpness": float(ndimage.laplace(grey, mode="reflect").var()), "noise": noise,
+    # float32 pixels, float64 sums: a flat image has contrast and sharpness exactly 0
+    return {"brightness": float(grey.mean(dtype=np.float64)), "contrast": float(grey.std(dtype=np.float64)),
+            "sharpness": float(ndimage.laplace(grey, mode="reflect").var(dtype=np.float64)), "noise": noise,
             "saturation": saturation}
 
 
