@@ -10,7 +10,7 @@ them a slice differs from the rest of the test set, with an effect size and a co
 1. :func:`describe_image` - one image, its ground truth and its prediction -> a flat dict of finite floats, always
    the same keys (:data:`DESCRIPTORS` lists them, by family, with the words used to name a slice).
 2. :func:`describe_images` - a stream of ``(id, image, truth, prediction)`` -> one row per image (streaming: only
-   the current image is in memory; about a millisecond or two per 256 x 256 image).
+   the current image is in memory; ~4-5 ms of CPU per 256 x 256 RGB image and mask).
 3. :func:`contrast_slices` - every slice against the rest of the test set, every descriptor: Hedges' g, a
    two-sided Mann-Whitney U test with Holm's correction over the descriptors of the slice, the words.
 4. :func:`describe_slice` / :func:`top_descriptor` - the significant differences as a sentence fragment
