@@ -192,7 +192,8 @@ def _outline_polygonality(outline: np.ndarray) -> float:
     points = np.stack([np.interp(at, arc, outline[:, 0]), np.interp(at, arc, outline[:, 1])], axis=1)
     ahead = np.roll(points, -chord, axis=0) - points
     behind = points - np.roll(points, chord, axis=0)
-    turn = np.abs(np.angle(np.exp(1j * (np.arctan2(ahead[:, 0], ahead[:, 1]) - np.arctan2(behind[:, 0], behind[:, 1])))))
+    heading_change = np.arctan2(ahead[:, 0], ahead[:, 1]) - np.arctan2(behind[:, 0], behind[:, 1])
+    turn = np.abs(np.angle(np.exp(1j * heading_change)))  # wrapped to [0, pi]
     circle_turn = 2 * np.pi * chord / n
     around = np.maximum(ndimage.uniform_filter1d(turn, max(3, n // _REFERENCE_FRACTION), mode="wrap"),
                         0.5 * circle_turn)
