@@ -1,4 +1,5 @@
-"""Command line: ``python -m seg4seg_utils run --preset cpu`` (the README's main job)."""
+"""Command line: ``python -m seg4seg_utils run --preset cpu`` (the README's main job), and ``seg4seg audit``
+(your own model's folders in, a report out)."""
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,71 @@ def _parser() -> argparse.ArgumentParser:
                      help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
     _add_backend_arguments(nbs)
     sub.add_parser("book", help="build the HTML book from the executed notebooks in book/executed/")
+    _add_audit_parser(sub)
     cmp_ = sub.add_parser("compare", help="diff the results of two job roots (each holding results/ and runs/)")
     cmp_.add_argument("a", help="first job root")
     cmp_.add_argument("b", help="second job root")
     cmp_.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     return parser
+
+
+def _n_slices(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2 or 'auto', got {value!r}") from None
+    if k < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 2 or 'auto', got {value!r}")
+    return k
+
+
+def _add_audit_parser(sub) -> None:
+    audit = sub.add_parser(
+        "audit", help="find where YOUR model fails: images, ground truth and predictions folders in, a report out",
+        description="Slice discovery on your own model's test predictions, without labels for the failure. Files "
+                    "are matched by name without extension (nnU-Net's _0000 image suffix is understood). Writes "
+                    "OUT/report.html (self-contained) and CSV tables; re-running reuses what is cached in OUT/work.")
+    audit.add_argument("--images", required=True, metavar="DIR", help="test images (.png .jpg .tif .bmp)")
+    audit.add_argument("--masks", required=True, metavar="DIR",
+                       help="ground-truth masks: 0/1, 0/255 or class labels, lossless (PNG/TIFF)")
+    audit.add_argument("--predictions", required=True, metavar="DIR",
+                       help="your model's predictions: masks like the ground truth, or probabilities "
+                            "(.npy/.npz/float TIFF, thresholded at --threshold)")
+    audit.add_argument("--metadata", default=None, metavar="CSV",
+                       help="optional table with an 'id' column (file name without extension); it only names "
+                            "slices, it is never used to find them")
+    audit.add_argument("--out", default="audit", metavar="DIR", help="output folder (default: audit)")
+    audit.add_argument("--n-slices", type=_n_slices, default="auto", metavar="N|auto",
+                       help="number of slices, or 'auto' to choose it by BIC (default)")
+    audit.add_argument("--performance", default="dice", metavar="LIST",
+                       help="comma-separated per-image scores the slicer weighs, the first is judged: dice, iou, "
+                            "ppv, npv, soft_dice, dice_<label> (default: dice)")
+    audit.add_argument("--threshold", type=float, default=0.5, help="threshold for probability predictions (0.5)")
+    audit.add_argument("--clip-weights", default=None, metavar="FILE",
+                       help="open_clip ViT-B-32 weights file; without it the packaged ImageNet EfficientNet-Lite0 "
+                            "embeds the images (and is named as such in the report)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the UMAP reduction and the slicer (0)")
+    audit.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from seg4seg_utils.discovery.embed import EmbedderUnavailable
+    from seg4seg_utils.studies.audit import audit
+
+    performance = tuple(p.strip() for p in args.performance.split(",") if p.strip())
+    try:
+        result = audit(args.images, args.masks, args.predictions, args.out, metadata=args.metadata,
+                       n_slices=args.n_slices, performance=performance, clip_weights=args.clip_weights,
+                       threshold=args.threshold, seed=args.seed, progress=not args.no_progress)
+    except (DatasetError, ValueError, EmbedderUnavailable, FileNotFoundError) as exc:
+        print(f"seg4seg audit: {exc}", file=sys.stderr)
+        return 2
+    for sentence in result.verdicts:
+        print(sentence)
+    print(f"Report: {result.paths['report']}  ({result.timings['total']:.0f} s; tables in {result.out})")
+    return 0
 
 
 def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +137,8 @@ def _export_backend(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns a process exit code (2 for a user error, with the reason on stderr)."""
     args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return _run_audit(args)
     if args.command in ("run", "notebooks"):
         try:
             _export_backend(args)

@@ -11,7 +11,8 @@ from seg4seg_utils.report.book import NOTEBOOK_DIR, notebooks, preset_parameters
 BOOK = NOTEBOOK_DIR.parent / "book"
 SHARED_PARAMETERS = {"PRESET", "SEED", "DATA_DIR", "RESULTS_DIR", "RUNS_DIR", "CACHE_DIR", "REAL_DIR", "CLIP_WEIGHTS"}
 OWN_PARAMETERS = {  # a notebook declares the shared parameters it uses, PRESET always, plus only these of its own
-    "04": {"CASE", "PREVALENCE"}, "07": {"ISIC_DIR", "FIVES_DIR"}, "08": {"IMAGES", "MASKS", "PREDICTIONS", "N_SLICES"},
+    "04": {"CASE", "PREVALENCE"}, "07": {"ISIC_DIR", "FIVES_DIR"},
+    "08": {"IMAGES", "MASKS", "PREDICTIONS", "METADATA", "N_SLICES"},
     "09": {"CASE", "GRID", "PATCH_METRIC", "AGGREGATE"}, "10": {"CASES", "TOP_TOKENS"},
     "11": {"TRAIN_ALIGNMENT", "CUE_STRENGTH", "TEST_SHIFT"}, "12": {"CASE", "PREVALENCE", "N_SHOW"},
     "13": {"CASE", "PREVALENCE", "SCHEDULER", "N_WORKERS"},

@@ -89,7 +89,9 @@ def discover_slices(table: SampleTable, metrics: pd.DataFrame, embedder, n_slice
 
 
 def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.PathLike) -> dict[str, Path]:
-    """Copy a trained run's test images, masks and predictions into three plain folders, as a user would have them."""
+    """Copy a trained run's test images, masks and predictions into three plain folders, as a user would have them.
+    Files already there with the same size are left alone, so a second call changes nothing (an audit of the
+    folders then stays cached: it fingerprints file names, sizes and times)."""
     from seg4seg_utils.model.train import Run
 
     run = Run.from_folder(run_root)
@@ -99,9 +101,11 @@ def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.
     for f in folders.values():
         f.mkdir(parents=True, exist_ok=True)
     test = table.split("test")
+    preds = dict(zip(metrics["id"].astype(str), metrics["prediction"]))
     for i, sid in enumerate(test.df["id"]):
-        shutil.copyfile(test.path(test.df["image"].iat[i]), folders["images"] / f"{sid}.png")
-        shutil.copyfile(test.path(test.df["mask"].iat[i]), folders["masks"] / f"{sid}.png")
-        pred = metrics.loc[metrics["id"] == sid, "prediction"].iat[0]
-        shutil.copyfile(run.root / pred, folders["predictions"] / f"{sid}.png")
+        for src, folder in ((test.path(test.df["image"].iat[i]), "images"), (test.path(test.df["mask"].iat[i]), "masks"),
+                            (Path(run.root) / preds[str(sid)], "predictions")):
+            dst = folders[folder] / f"{sid}.png"
+            if not (dst.is_file() and dst.stat().st_size == Path(src).stat().st_size):
+                shutil.copyfile(src, dst)
     return folders

@@ -1,0 +1,92 @@
+"""Do the audit's descriptors name the injected mechanism? Cases A-D, every prevalence, 5 slicer seeds.
+
+    .venv/bin/python scripts/audit_naming.py --preset cpu [--n-slices auto|N] [--out results/cpu/audit]
+
+For each trained case of the preset (the main job's models, read back; missing ones are trained), the test
+images, ground truth and predictions are copied into three plain folders, as a user would have them, and
+``seg4seg audit`` runs on them **without metadata**, once per slicer seed. Afterwards, for evaluation only, the
+hidden attribute is read: the worst eligible slice is *detected* when more than 80 % of its members carry it
+(the paper's purity threshold), and *named* when its top descriptor is one of the case's mechanism words below.
+The slicer and the descriptors never see the attribute.
+
+Writes ``naming.csv`` (one row per case, prevalence and seed) and ``naming.md`` (shares with k/n and a Wilson
+95 % interval) under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from seg4seg_utils.stats import wilson_interval
+from seg4seg_utils.studies.audit import audit
+from seg4seg_utils.studies.own_model import demo_folders
+from seg4seg_utils.studies.workspace import Workspace
+
+#: (descriptor, direction) pairs that name each case's injected mechanism
+MECHANISM: dict[str, set[tuple[str, str]]] = {
+    # no caliper marks: the marks are bright, sharp crosses and dotted traces, so their absence reads as a less
+    # bright, less sharp, lower-contrast image
+    "A": {("brightness", "lower"), ("sharpness", "lower"), ("contrast", "lower")},
+    # a central crop at half size, resized back: the lesion is twice as large, off-centre, often cut by the border
+    "B": {("touches_border", "higher"), ("centroid_offset", "higher"), ("mask_area", "higher")},
+    # coarse polygon annotations: straight edges, smoother than a traced boundary
+    "C": {("polygonality", "higher"), ("boundary_roughness", "lower")},
+    # low quality: darkened and blurred
+    "D": {("brightness", "lower"), ("sharpness", "lower"), ("contrast", "lower")},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--data", default="data")
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--cases", default="ABCD")
+    ap.add_argument("--n-slices", default="auto", help="'auto' (BIC, the audit's default) or a number")
+    ap.add_argument("--out", type=Path, default=None, help="default: RESULTS/PRESET/audit")
+    args = ap.parse_args(argv)
+    ws = Workspace(args.preset, data_dir=args.data, results_dir=args.results, runs_dir=args.runs, progress=False)
+    out = args.out or ws.results("audit")
+    n_slices = args.n_slices if args.n_slices == "auto" else int(args.n_slices)
+    rows = []
+    for tc in ws.trained_cases(args.cases):
+        cell = f"{tc.case}-p{round(tc.prevalence * 100):02d}-seed{tc.seed}"
+        folders = demo_folders(tc.run.root, tc.table, out / "folders" / cell)
+        hidden = tc.table.df.set_index("id")["failure"].astype(bool)
+        for seed in reversed(ws.preset.slicer_seeds):  # seed 0 last, so its report is the one left in the folder
+            res = audit(folders["images"], folders["masks"], folders["predictions"], out / "audits" / cell,
+                        n_slices=n_slices, seed=seed, embedder=ws.embedder, progress=False)
+            focus = int(res.report.focus_slice)
+            members = res.per_image.loc[res.per_image["slice"] == focus, "id"]
+            purity = float(hidden.loc[members].mean())
+            row = res.slices.set_index("slice").loc[focus]
+            top = res.contrast[(res.contrast["slice"] == focus) & (res.contrast["rank"] == 1)]
+            top_name = None if top.empty else (top["descriptor"].iat[0], top["direction"].iat[0])
+            rows.append({"case": tc.case, "prevalence": tc.prevalence, "slicer_seed": seed, "n_slices": res.n_slices,
+                         "focus_slice": focus, "size": int(row["size"]), "problematic": bool(row["problematic"]),
+                         "purity": purity, "detected": purity > 0.8,
+                         "top_descriptor": None if top_name is None else f"{top_name[0]} {top_name[1]}",
+                         "named": top_name in MECHANISM[tc.case], "description": row["description"]})
+            print(f"{cell} seed {seed}: K={res.n_slices} slice {focus} ({int(row['size'])}) purity {purity:.2f}; "
+                  f"{row['description']}", flush=True)
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "naming.csv", index=False)
+    lines = ["| case | prevalence | detected (k/n) | named when detected (k/n) | 95 % interval | top descriptors |",
+             "|---|---|---|---|---|---|"]
+    for (case, prev), g in table.groupby(["case", "prevalence"]):
+        det = g[g["detected"]]
+        lo, hi = wilson_interval(int(det["named"].sum()), len(det)) if len(det) else (float("nan"),) * 2
+        tops = ", ".join(f"{k} ({v})" for k, v in g["top_descriptor"].fillna("none").value_counts().items())
+        lines.append(f"| {case} | {prev:.0%} | {int(g['detected'].sum())}/{len(g)} | "
+                     f"{int(det['named'].sum())}/{len(det)} | {lo:.2f}-{hi:.2f} | {tops} |")
+    text = "\n".join(lines) + "\n"
+    (out / "naming.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""``seg4seg audit``: where does *your* segmentation model fail systematically? Folders in, a report out.
+
+The one function :func:`audit` is what the command line (``seg4seg audit``), notebook 08 and the benchmark call.
+It needs no training and no label for the failure; each step is the project's own, written once elsewhere:
+
+1. **Read** (:mod:`seg4seg_utils.data.folders`): pair images, ground-truth masks and predictions by file name,
+   check every file, and fail early with a message naming the file and what to do.
+2. **Score and describe** one image at a time (memory does not grow with the number of images): Dice, IoU, PPV,
+   NPV (:mod:`seg4seg_utils.model.metrics`; soft predictions are thresholded at ``threshold`` and add soft Dice and
+   boundary uncertainty), and label-free descriptors of the image, the ground-truth mask and the error
+   (:mod:`seg4seg_utils.discovery.descriptors`). Ground truth and hard predictions are stored once, normalised,
+   in ``OUT/work/dataset`` (images are referenced in place, never copied or modified).
+3. **Embed, reduce, slice** (:mod:`seg4seg_utils.discovery`): the image embedding (CLIP with ``clip_weights``, else
+   the packaged EfficientNet-Lite0, named as such), UMAP to 8-d, the performance-weighted mixture, the
+   protocol's label-free judgement; ``n_slices="auto"`` picks the number of slices by BIC.
+4. **Name** every slice by the descriptors that set it apart (effect size with a test against the rest), and by
+   the metadata when a CSV is given. Descriptors and metadata only *name* slices: they never enter the slicer.
+5. **Report** (:mod:`seg4seg_utils.report.audit_report`): one self-contained HTML page and CSV tables in ``OUT``.
+
+Re-running on the same folders reuses the per-image table, the embeddings and the reductions cached in
+``OUT/work``; nothing is written outside ``OUT``. An ``OUT`` that holds something else, or an audit of other
+folders, is refused rather than overwritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from seg4seg_utils.data.folders import (check_same_size, folder_fingerprint, pair_folders, read_audit_image,
+                                        read_label_map, read_metadata, read_prediction)
+from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, write_png
+
+__all__ = ["AUDIT_FILE", "DEFAULT_CANDIDATES", "MIN_IMAGES", "AuditResult", "audit", "score_and_describe",
+           "problematic_slices", "verdict_sentences"]
+
+AUDIT_FILE = "audit.json"
+AUDIT_FORMAT = 1
+#: numbers of slices ``n_slices="auto"`` compares (fewer when the test set is small: at most n // 10)
+DEFAULT_CANDIDATES: tuple[int, ...] = tuple(range(2, 17))
+#: below this, slices of 2 % of the images are single images: no systematic failure can be told from noise
+MIN_IMAGES = 20
+#: significance level of "this slice performs worse than the rest" (Bonferroni over the slices)
+ALPHA = 0.01
+_OWN_FILES = ("report.html", "per_image.csv", "slices.csv", "slice_probabilities.csv", "descriptor_contrast.csv",
+              "n_slices_bic.csv", "timing.csv", AUDIT_FILE, "work")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` found; every table is also written to ``out`` (see :attr:`paths`)."""
+
+    out: Path
+    per_image: pd.DataFrame          # id, metrics, descriptors, metadata, slice, slice_probability
+    slices: pd.DataFrame             # one row per slice: size, share, mean/worst performance, flags, description
+    contrast: pd.DataFrame           # descriptor contrast per slice (long table)
+    bic: pd.DataFrame | None         # the n_slices curve (None when n_slices was given)
+    n_slices: int
+    performance: tuple[str, ...]
+    embedder_name: str
+    verdicts: list[str]
+    report: Any                      # protocol SliceReport (label-free)
+    slicer: Any
+    table: SampleTable
+    browser: Any                     # the slice browser over the audit (maps, galleries): report.audit_report
+    timings: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def problematic(self) -> list[int]:
+        """Slices that perform clearly worse than the rest (see :func:`problematic_slices`), worst first."""
+        return [int(s) for s in self.slices.loc[self.slices["problematic"], "slice"]]
+
+
+# ------------------------------------------------------------------------------------------ output folder
+def _check_out(out: Path, inputs: dict[str, str]) -> dict[str, Any] | None:
+    """The previous audit's record in ``out`` (None for a new or empty folder); refuses a folder holding
+    anything else, or an audit of other folders, so that nothing is overwritten."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: is a file; --out must be a folder (new, empty, or an earlier audit of the same "
+                           "folders).")
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    record_path = out / AUDIT_FILE
+    if not record_path.is_file():
+        raise DatasetError(f"{out}: is not empty and holds no {AUDIT_FILE}, so it is not an audit folder; nothing "
+                           "is written there. Choose a new or empty --out folder.")
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{record_path}: unreadable ({exc}); delete {out} or choose another --out.") from exc
+    if record.get("inputs") != inputs:
+        theirs = record.get("inputs", {})
+        raise DatasetError(f"{out}: holds an audit of other folders (images {theirs.get('images')!r}); it is never "
+                           "overwritten. Choose another --out, or delete that folder to replace it.")
+    foreign = [p.name for p in out.iterdir() if p.name not in _OWN_FILES and not p.name.startswith(".")]
+    if foreign:
+        raise DatasetError(f"{out}: holds files an audit does not write ({', '.join(sorted(foreign)[:5])}); nothing "
+                           "is overwritten. Choose another --out.")
+    return record
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ per image
+def _metrics(truth: np.ndarray, labels: np.ndarray, probability: np.ndarray | None) -> dict[str, float]:
+    """Foreground metrics (any non-zero label is foreground), Dice per class for label maps, soft scores."""
+    from seg4seg_utils.model.metrics import segmentation_metrics, soft_scores
+
+    fg_t, fg_p = truth > 0, labels > 0
+    row = {k: float(v[0]) for k, v in segmentation_metrics(fg_p[None], fg_t[None]).items()}
+    classes = sorted(set(np.unique(truth).tolist()) | set(np.unique(labels).tolist()) - {0})
+    if len(classes) > 1 or (classes and classes[0] > 1):
+        for c in classes:
+            row[f"dice_{c}"] = float(segmentation_metrics((labels == c)[None], (truth == c)[None])["dice"][0])
+    if probability is not None:
+        row.update(soft_scores(probability, fg_t))
+    return row
+
+
+def score_and_describe(pairs: pd.DataFrame, dataset: Path, config: dict[str, Any], threshold: float = 0.5,
+                       progress: bool = True) -> tuple[SampleTable, pd.DataFrame]:
+    """One pass over the paired files: check them, score the prediction, describe the image; returns the
+    dataset (images referenced in place, normalised masks and hard predictions written once) and the per-image
+    table (id, metrics, descriptors). Reused when ``dataset`` already holds the same ``config``."""
+    from seg4seg_utils.discovery.descriptors import describe_image
+
+    per_image = dataset / "per_image.csv"
+    rows: list[dict[str, Any]] = []
+    multiclass = False
+
+    def build(writer) -> dict[str, Any]:
+        nonlocal multiclass
+        (writer.staging / "predictions").mkdir(exist_ok=True)
+        bar = tqdm(total=len(pairs), desc="score and describe", unit="img", disable=not progress)
+        try:
+            for sid, img_path, mask_path, pred_path in pairs[["id", "image", "mask", "prediction"]].itertuples(
+                    index=False):
+                image = read_audit_image(img_path)
+                truth = read_label_map(mask_path)
+                pred = read_prediction(pred_path, threshold)
+                check_same_size(sid, image, truth, pred.labels,
+                                {"image": img_path, "mask": mask_path, "prediction": pred_path})
+                multiclass |= bool(truth.max() > 1 or pred.labels.max() > 1)
+                write_png(pred.labels, writer.staging / "predictions" / f"{sid}.png")
+                writer.add(sid, "test", img_path, truth, "audit", prediction=f"predictions/{sid}.png")
+                rows.append({"id": sid, **_metrics(truth, pred.labels, pred.probability),
+                             **describe_image(image, truth, pred.labels)})
+                bar.update()
+        finally:
+            bar.close()
+        writer.mask_kind = "multiclass" if multiclass else "binary"
+        pd.DataFrame(rows).to_csv(writer.staging / "per_image.csv", index=False)
+        return {"kind": "audit"}
+
+    table = build_dataset(dataset, config, build, validate="none")
+    return table, pd.read_csv(per_image, dtype={"id": str})
+
+
+# ------------------------------------------------------------------------------------------ judgement
+def problematic_slices(labels: np.ndarray, scores: np.ndarray, slice_table: pd.DataFrame,
+                       alpha: float = ALPHA) -> pd.DataFrame:
+    """Add ``worst``, ``gap`` (rest mean - slice mean), ``p_value`` (one-sided Mann-Whitney, slice lower than the
+    rest, Bonferroni over the eligible slices) and ``problematic`` to the protocol's slice table.
+
+    A slice is *problematic* when it is eligible (at least 2 % of the images), in the bottom 40 % of the slices by
+    mean performance, and performs significantly worse than the other images (adjusted p < ``alpha``). No hidden
+    attribute is read: this is what a user without failure labels can be told."""
+    from scipy.stats import mannwhitneyu
+
+    t = slice_table.copy()
+    n_eligible = max(int(t["eligible"].sum()), 1)
+    worst, gap, pval = [], [], []
+    for s, eligible in zip(t["slice"], t["eligible"]):
+        inside = labels == s
+        a, b = scores[inside], scores[~inside]
+        worst.append(float(a.min()) if len(a) else np.nan)
+        gap.append(float(b.mean() - a.mean()) if len(a) and len(b) else np.nan)
+        if eligible and len(a) > 1 and len(b) > 1 and np.ptp(scores) > 0:
+            pval.append(min(1.0, float(mannwhitneyu(a, b, alternative="less").pvalue) * n_eligible))
+        else:
+            pval.append(np.nan)
+    t["worst"], t["gap"], t["p_value"] = worst, gap, pval
+    t["problematic"] = t["eligible"] & t["bottom"] & (t["p_value"] < alpha)
+    return t
+
+
+def verdict_sentences(slices: pd.DataFrame, n_images: int, performance: str) -> list[str]:
+    """One sentence per problematic slice, worst first (or one sentence saying there is none)."""
+    from seg4seg_utils.report.browser.model import metric_label
+
+    name = metric_label(performance)
+    bad = slices[slices["problematic"]].sort_values("mean_perf")
+    if bad.empty:
+        return [f"No slice of at least 2 % of the {n_images} images performs significantly worse than the rest "
+                f"(mean {name}, one-sided Mann-Whitney, Bonferroni, alpha = {ALPHA}): no systematic failure found."]
+    out = []
+    for _, r in bad.iterrows():
+        rest = r["mean_perf"] + r["gap"]
+        out.append(f"Slice {int(r['slice'])} ({int(r['size'])} images, {r['size'] / n_images:.1%}): mean {name} "
+                   f"{r['mean_perf']:.2f} against {rest:.2f} for the other images (p = {r['p_value']:.1g}); "
+                   f"{r['description']}.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the audit
+def _stage(timings: dict[str, float], name: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - t0, 3)
+    return now
+
+
+def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str | os.PathLike,
+          out: str | os.PathLike = "audit", *, metadata: str | os.PathLike | pd.DataFrame | None = None,
+          n_slices: int | str = "auto", performance: Sequence[str] = ("dice",), clip_weights: str | None = None,
+          threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
+          candidates: Sequence[int] = DEFAULT_CANDIDATES, embedder: Any = None, n_gallery: int = 8,
+          max_galleries: int = 4, progress: bool = True) -> AuditResult:
+    """Audit a segmentation model from three folders; writes ``out/report.html`` and CSVs, returns the result.
+
+    ``n_slices``: a number, or ``"auto"`` (the BIC minimum over ``candidates``). ``performance``: the per-image
+    scores the slicer weighs (lower = worse; the first one is judged and shown), any of dice, iou, ppv, npv,
+    soft_dice (soft predictions only) or a per-class ``dice_<label>``. ``metadata``: an optional CSV (or DataFrame)
+    with an ``id`` column; it only names slices. ``embedder``: an :class:`~seg4seg_utils.discovery.embed.Embedder`
+    to use instead of the default (tests, notebooks that already built one).
+    """
+    from seg4seg_utils.discovery.descriptors import contrast_slices, describe_slice, top_descriptor
+    from seg4seg_utils.discovery.embed import default_embedder, embed_dataset, performance_matrix
+    from seg4seg_utils.discovery.judge import SlicerSettings, choose_n_slices, fit_and_judge, reduced
+    from seg4seg_utils.report.audit_report import audit_browser, write_report
+
+    timings: dict[str, float] = {}
+    t0 = t_start = time.perf_counter()
+    out = Path(out)
+    performance = tuple([performance] if isinstance(performance, str) else performance)
+    if not performance:
+        raise ValueError("performance needs at least one score, e.g. dice")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
+    if n_slices != "auto" and (isinstance(n_slices, str) or int(n_slices) < 2):
+        raise ValueError(f"n_slices must be 'auto' or an integer >= 2, got {n_slices!r}")
+
+    # 1. read and check the folders, before anything is written
+    pairs = pair_folders(images, masks, predictions)
+    n = len(pairs)
+    if n < MIN_IMAGES:
+        raise DatasetError(f"only {n} image(s) with a mask and a prediction; an audit needs at least {MIN_IMAGES} "
+                           "(slices of 2 % of the test set would be single images).")
+    if n_slices != "auto" and 2 * int(n_slices) > n:
+        raise DatasetError(f"{n} images but --n-slices {n_slices}: need at least two images per slice "
+                           f"(use at most {n // 2}, or 'auto').")
+    meta = None
+    if metadata is not None:
+        meta = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata, pairs["id"].tolist())
+    inputs = {k: str(Path(v).resolve()) for k, v in (("images", images), ("masks", masks),
+                                                      ("predictions", predictions))}
+    _check_out(out, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = folder_fingerprint(pairs)
+    _write_json(out / AUDIT_FILE, {"format": AUDIT_FORMAT, "inputs": inputs, "fingerprint": fingerprint,
+                                   "status": "running"})
+    t0 = _stage(timings, "read and pair files", t0)
+
+    # 2. one pass over the images: metrics and descriptors (cached for the same files and threshold)
+    dataset = out / "work" / "dataset"
+    config = {"audit_format": AUDIT_FORMAT, **inputs, "fingerprint": fingerprint, "threshold": threshold}
+    if (dataset / "dataset.json").is_file() and \
+            json.loads((dataset / "dataset.json").read_text()).get("config", {}) != config:
+        shutil.rmtree(dataset)  # our own cache of an earlier run on files that changed since: recompute
+    table, per_image = score_and_describe(pairs, dataset, config, threshold, progress)
+    missing = [p for p in performance if p not in per_image.columns]
+    if missing:
+        numeric = [c for c in per_image.columns if c.startswith(("dice", "iou", "ppv", "npv", "soft_dice"))]
+        raise ValueError(f"unknown performance score(s) {missing}; available here: {numeric}")
+    t0 = _stage(timings, "metrics and descriptors", t0)
+
+    # 3. embed, reduce, slice: never reads the descriptors or the metadata
+    if embedder is None:
+        embedder = default_embedder(clip_weights)
+    cache = out / "work" / "cache"
+    emb = embed_dataset(table, embedder, "x0", split="test", cache_dir=cache / "embeddings", progress=progress)
+    t0 = _stage(timings, "embedding", t0)
+    settings = SlicerSettings(gamma=gamma)
+    Z = reduced(emb.X, settings, seed, cache / "reduced")
+    t0 = _stage(timings, "UMAP to 8-d", t0)
+    per_image = per_image.set_index("id").loc[emb.ids].reset_index()
+    Y = performance_matrix(per_image, performance)
+    bic = None
+    if n_slices == "auto":
+        usable = [k for k in candidates if 2 <= k <= max(2, n // 10)]
+        k, bic = choose_n_slices(Z, Y, usable, settings=settings, seed=seed)
+        t0 = _stage(timings, "choose n_slices (BIC)", t0)
+    else:
+        k = int(n_slices)
+    slicer, report = fit_and_judge(Z, Y, None, n_slices=k, settings=settings, seed=seed)
+    labels = slicer.labels_
+    t0 = _stage(timings, "slice", t0)
+
+    # 4. name the slices: descriptors (and metadata) against the rest
+    desc_cols = [c for c in per_image.columns if c in _descriptor_names()]
+    contrast = contrast_slices(per_image[desc_cols], labels)
+    slices = problematic_slices(labels, Y[:, 0], report.table)
+    slices["share"] = slices["size"] / n
+    slices["description"] = [describe_slice(contrast, int(s)) for s in slices["slice"]]
+    slices["top_descriptor"] = [top_descriptor(contrast, int(s)) for s in slices["slice"]]
+    slices["focus"] = slices["slice"] == report.focus_slice
+    slices = slices.sort_values(["eligible", "mean_perf"], ascending=[False, True], kind="stable")
+    slices = slices.reset_index(drop=True)
+    per_image.insert(1, "slice", labels)
+    per_image.insert(2, "slice_probability", slicer.proba_[np.arange(n), labels])
+    if meta is not None:
+        per_image = per_image.merge(meta, on="id", how="left", validate="one_to_one")
+    verdicts = verdict_sentences(slices, n, performance[0])
+    t0 = _stage(timings, "describe slices", t0)
+
+    # 5. tables and the report
+    paths = {"per_image": out / "per_image.csv", "slices": out / "slices.csv",
+             "slice_probabilities": out / "slice_probabilities.csv", "contrast": out / "descriptor_contrast.csv",
+             "report": out / "report.html", "timing": out / "timing.csv", "record": out / AUDIT_FILE}
+    per_image.to_csv(paths["per_image"], index=False)
+    slices.to_csv(paths["slices"], index=False)
+    pd.DataFrame(slicer.proba_, columns=[f"slice_{s}" for s in range(k)]).assign(id=emb.ids)[
+        ["id", *[f"slice_{s}" for s in range(k)]]].to_csv(paths["slice_probabilities"], index=False)
+    contrast.to_csv(paths["contrast"], index=False)
+    if bic is not None:
+        paths["bic"] = out / "n_slices_bic.csv"
+        bic.to_csv(paths["bic"], index=False)
+    meta_cols = [] if meta is None else [c for c in meta.columns if c != "id"]
+    xy = _map_coordinates(Z, seed, cache / "reduced")
+    t0 = _stage(timings, "2-d map (UMAP)", t0)
+    browser = audit_browser(table, per_image, slices, xy, labels, slicer.proba_, performance[0], meta_cols)
+    result = AuditResult(out=out, per_image=per_image, slices=slices, contrast=contrast, bic=bic, n_slices=k,
+                         performance=performance, embedder_name=emb.embedder_name, verdicts=verdicts, report=report,
+                         slicer=slicer, table=table, browser=browser, timings=timings, paths=paths)
+    write_report(paths["report"], browser, slices=slices, verdicts=verdicts, metadata_columns=meta_cols, bic=bic,
+                 embedder_name=emb.embedder_name, inputs=inputs, threshold=threshold, n_gallery=n_gallery,
+                 max_galleries=max_galleries)
+    t0 = _stage(timings, "tables and report", t0)
+    timings["total"] = round(time.perf_counter() - t_start, 3)
+    pd.DataFrame({"stage": list(timings), "seconds": list(timings.values())}).to_csv(paths["timing"], index=False)
+    _write_json(paths["record"], {
+        "format": AUDIT_FORMAT, "inputs": inputs, "fingerprint": fingerprint, "status": "done", "n_images": n,
+        "n_slices": k, "n_slices_rule": "BIC" if bic is not None else "given", "performance": list(performance),
+        "threshold": threshold, "gamma": gamma, "seed": seed, "embedder": emb.embedder_name,
+        "problematic_slices": result.problematic, "verdicts": verdicts, "timings_s": timings,
+        "metadata_columns": meta_cols})
+    return result
+
+
+def _descriptor_names() -> set[str]:
+    from seg4seg_utils.discovery.descriptors import DESCRIPTORS
+
+    return set(DESCRIPTORS.index)
+
+
+def _map_coordinates(Z: np.ndarray, seed: int, cache: Path) -> np.ndarray:
+    """The report's 2-d map: a 2-d UMAP of the 8-d UMAP embedding the slicer saw (cached like it). Fitted on 8
+    dimensions rather than on the embedding itself, it costs a fraction of the first reduction; a linear view of
+    the 8-d space (its principal axes) squeezed well-separated groups onto one line."""
+    from seg4seg_utils.discovery.reduce import cached_reduction
+
+    return cached_reduction(np.ascontiguousarray(Z), "umap", 2, seed, cache)
