@@ -20,8 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from seg4seg_utils.stats import wilson_interval
-from seg4seg_utils.studies.audit import audit
-from seg4seg_utils.studies.own_model import demo_folders
+from seg4seg_utils.studies.audit import audit, demo_folders
 from seg4seg_utils.studies.workspace import Workspace
 
 #: (descriptor, direction) pairs that name each case's injected mechanism

@@ -202,3 +202,21 @@ def test_unknown_performance_score(tmp_path, embedder):
     with pytest.raises(ValueError, match="soft_dice"):
         audit(p["images"], p["masks"], p["predictions"], tmp_path / "o", n_slices=3, performance=("soft_dice",),
               embedder=embedder, progress=False)
+
+
+def test_metadata_names_but_never_finds_slices(tmp_path, embedder):
+    """The honesty rule for the audit: metadata (here the hidden answer itself) only names slices. Shuffling it
+    leaves slices, probabilities and descriptor names identical; only the metadata contrast follows it."""
+    p = make_folders(tmp_path / "d", n=40, n_dark=8)
+    ids = [f"img{i:03d}" for i in range(40)]
+    dark = np.array([i >= 32 for i in range(40)])
+    results = []
+    for name, flags in (("true", dark), ("shuffled", np.random.default_rng(1).permutation(dark))):
+        meta = pd.DataFrame({"id": ids, "dark": flags})
+        results.append(audit(p["images"], p["masks"], p["predictions"], tmp_path / name, metadata=meta, n_slices=4,
+                             embedder=embedder, progress=False))
+    a, b = results
+    assert (a.per_image["slice"] == b.per_image["slice"]).all()
+    assert np.array_equal(a.slicer.proba_, b.slicer.proba_)
+    pd.testing.assert_frame_equal(a.slices, b.slices)
+    assert not a.per_image["dark"].equals(b.per_image["dark"])  # the metadata did differ

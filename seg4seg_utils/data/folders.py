@@ -5,7 +5,7 @@ Why a module of its own: these files come from outside the project, from any too
 as its pairing and decoding. A silently mis-paired case, a JPEG mask whose edge noise became extra "classes", or
 logits read as probabilities would all yield plausible but wrong Dice scores. So every rule below either reads a
 file faithfully or stops with a :class:`~seg4seg_utils.data.records.DatasetError` that names the file, says what
-is wrong and what to do. (:mod:`seg4seg_utils.studies.own_model` did a simpler version of this for PNG masks only.)
+is wrong and what to do.
 
 Pairing (:func:`pair_folders`)
     Files are matched by name without extension; suffixes are case-insensitive; hidden files (``.DS_Store``,

@@ -40,7 +40,7 @@ from seg4seg_utils.data.folders import (check_same_size, folder_fingerprint, pai
 from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, write_png
 
 __all__ = ["AUDIT_FILE", "DEFAULT_CANDIDATES", "MIN_IMAGES", "AuditResult", "audit", "score_and_describe",
-           "problematic_slices", "verdict_sentences"]
+           "problematic_slices", "verdict_sentences", "demo_folders"]
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = 1
@@ -357,6 +357,30 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
         "problematic_slices": result.problematic, "verdicts": verdicts, "timings_s": timings,
         "metadata_columns": meta_cols})
     return result
+
+
+# ------------------------------------------------------------------------------------------ demo
+def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.PathLike) -> dict[str, Path]:
+    """Copy a trained run's test images, masks and predictions into three plain folders, as a user would have them.
+    Files already there with the same size are left alone, so a second call changes nothing (an audit of the
+    folders then stays cached: it fingerprints file names, sizes and times)."""
+    from seg4seg_utils.model.train import Run
+
+    run = Run.from_folder(run_root)
+    metrics = run.metrics()
+    out = Path(out)
+    folders = {k: out / k for k in ("images", "masks", "predictions")}
+    for f in folders.values():
+        f.mkdir(parents=True, exist_ok=True)
+    test = table.split("test")
+    preds = dict(zip(metrics["id"].astype(str), metrics["prediction"]))
+    for i, sid in enumerate(test.df["id"]):
+        for src, folder in ((test.path(test.df["image"].iat[i]), "images"), (test.path(test.df["mask"].iat[i]), "masks"),
+                            (Path(run.root) / preds[str(sid)], "predictions")):
+            dst = folders[folder] / f"{sid}.png"
+            if not (dst.is_file() and dst.stat().st_size == Path(src).stat().st_size):
+                shutil.copyfile(src, dst)
+    return folders
 
 
 def _descriptor_names() -> set[str]:
