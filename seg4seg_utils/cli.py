@@ -90,6 +90,8 @@ def _add_audit_parser(sub) -> None:
                        help="open_clip ViT-B-32 weights file; without it the packaged ImageNet EfficientNet-Lite0 "
                             "embeds the images (and is named as such in the report)")
     audit.add_argument("--seed", type=int, default=0, help="seed of the UMAP reduction and the slicer (0)")
+    audit.add_argument("--jobs", type=int, default=2, metavar="N",
+                       help="processes reading and describing the images (default 2); never changes a result")
     audit.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -101,7 +103,8 @@ def _run_audit(args: argparse.Namespace) -> int:
     try:
         result = audit(args.images, args.masks, args.predictions, args.out, metadata=args.metadata,
                        n_slices=args.n_slices, performance=performance, clip_weights=args.clip_weights,
-                       threshold=args.threshold, seed=args.seed, progress=not args.no_progress)
+                       threshold=args.threshold, seed=args.seed, n_jobs=args.jobs,
+                       progress=not args.no_progress)
     except (DatasetError, ValueError, EmbedderUnavailable, FileNotFoundError) as exc:
         print(f"seg4seg audit: {exc}", file=sys.stderr)
         return 2

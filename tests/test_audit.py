@@ -220,3 +220,23 @@ def test_metadata_names_but_never_finds_slices(tmp_path, embedder):
     assert np.array_equal(a.slicer.proba_, b.slicer.proba_)
     pd.testing.assert_frame_equal(a.slices, b.slices)
     assert not a.per_image["dark"].equals(b.per_image["dark"])  # the metadata did differ
+
+
+def test_workers_never_change_the_per_image_table(tmp_path):
+    from seg4seg_utils.data.folders import pair_folders
+    from seg4seg_utils.studies.audit import score_and_describe
+
+    p = make_folders(tmp_path / "d", n=24, n_dark=4)
+    pairs = pair_folders(p["images"], p["masks"], p["predictions"])
+    tables = [score_and_describe(pairs, tmp_path / f"ds{j}", {"jobs": j}, n_jobs=j, chunk=5, progress=False)[1]
+              for j in (1, 2)]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_bad_file_deep_in_the_folder_is_named(tmp_path, embedder):
+    """A size mismatch found by a worker reaches the user as the same clear error (id, files, both sizes)."""
+    p = make_folders(tmp_path / "d", n=24, n_dark=4)
+    Image.fromarray(np.zeros((40, SIZE), np.uint8)).save(p["predictions"] / "img017.png")
+    with pytest.raises(DatasetError, match=r"img017.*40"):
+        audit(p["images"], p["masks"], p["predictions"], tmp_path / "o", n_slices=3, embedder=embedder, progress=False)
+    assert not (tmp_path / "o" / "work" / "dataset").exists()

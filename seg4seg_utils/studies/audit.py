@@ -130,35 +130,51 @@ def _metrics(truth: np.ndarray, labels: np.ndarray, probability: np.ndarray | No
     return row
 
 
+def _score_chunk(chunk: list[tuple[str, str, str, str]], threshold: float) -> list[tuple]:
+    """Read, check, score and describe a few images (one joblib task): (id, image path, ground truth labels,
+    predicted labels, row) each. A pure function of the files, so the number of workers never changes a value."""
+    from seg4seg_utils.discovery.descriptors import describe_image
+
+    out = []
+    for sid, img_path, mask_path, pred_path in chunk:
+        image = read_audit_image(img_path)
+        truth = read_label_map(mask_path)
+        pred = read_prediction(pred_path, threshold)
+        check_same_size(sid, image, truth, pred.labels, {"image": img_path, "mask": mask_path, "prediction": pred_path})
+        out.append((sid, img_path, truth, pred.labels, {"id": sid, **_metrics(truth, pred.labels, pred.probability),
+                                                        **describe_image(image, truth, pred.labels)}))
+    return out
+
+
 def score_and_describe(pairs: pd.DataFrame, dataset: Path, config: dict[str, Any], threshold: float = 0.5,
-                       progress: bool = True) -> tuple[SampleTable, pd.DataFrame]:
+                       progress: bool = True, n_jobs: int = 2, chunk: int = 32) -> tuple[SampleTable, pd.DataFrame]:
     """One pass over the paired files: check them, score the prediction, describe the image; returns the
     dataset (images referenced in place, normalised masks and hard predictions written once) and the per-image
-    table (id, metrics, descriptors). Reused when ``dataset`` already holds the same ``config``."""
-    from seg4seg_utils.discovery.descriptors import describe_image
+    table (id, metrics, descriptors). Reused when ``dataset`` already holds the same ``config``.
+
+    ``n_jobs`` processes read and describe chunks of ``chunk`` images (a generator keeps only a few chunks in
+    flight, so memory does not grow with the number of images); this process writes the files in id order."""
+    from joblib import Parallel, delayed
 
     per_image = dataset / "per_image.csv"
     rows: list[dict[str, Any]] = []
     multiclass = False
+    items = list(pairs[["id", "image", "mask", "prediction"]].itertuples(index=False, name=None))
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
 
     def build(writer) -> dict[str, Any]:
         nonlocal multiclass
         (writer.staging / "predictions").mkdir(exist_ok=True)
         bar = tqdm(total=len(pairs), desc="score and describe", unit="img", disable=not progress)
+        runner = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator")
         try:
-            for sid, img_path, mask_path, pred_path in pairs[["id", "image", "mask", "prediction"]].itertuples(
-                    index=False):
-                image = read_audit_image(img_path)
-                truth = read_label_map(mask_path)
-                pred = read_prediction(pred_path, threshold)
-                check_same_size(sid, image, truth, pred.labels,
-                                {"image": img_path, "mask": mask_path, "prediction": pred_path})
-                multiclass |= bool(truth.max() > 1 or pred.labels.max() > 1)
-                write_png(pred.labels, writer.staging / "predictions" / f"{sid}.png")
-                writer.add(sid, "test", img_path, truth, "audit", prediction=f"predictions/{sid}.png")
-                rows.append({"id": sid, **_metrics(truth, pred.labels, pred.probability),
-                             **describe_image(image, truth, pred.labels)})
-                bar.update()
+            for done in runner(delayed(_score_chunk)(c, threshold) for c in chunks):
+                for sid, img_path, truth, labels, row in done:
+                    multiclass |= bool(truth.max() > 1 or labels.max() > 1)
+                    write_png(labels, writer.staging / "predictions" / f"{sid}.png")
+                    writer.add(sid, "test", img_path, truth, "audit", prediction=f"predictions/{sid}.png")
+                    rows.append(row)
+                bar.update(len(done))
         finally:
             bar.close()
         writer.mask_kind = "multiclass" if multiclass else "binary"
@@ -227,14 +243,15 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
           n_slices: int | str = "auto", performance: Sequence[str] = ("dice",), clip_weights: str | None = None,
           threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
           candidates: Sequence[int] = DEFAULT_CANDIDATES, embedder: Any = None, n_gallery: int = 8,
-          max_galleries: int = 4, progress: bool = True) -> AuditResult:
+          max_galleries: int = 4, n_jobs: int = 2, progress: bool = True) -> AuditResult:
     """Audit a segmentation model from three folders; writes ``out/report.html`` and CSVs, returns the result.
 
     ``n_slices``: a number, or ``"auto"`` (the BIC minimum over ``candidates``). ``performance``: the per-image
     scores the slicer weighs (lower = worse; the first one is judged and shown), any of dice, iou, ppv, npv,
     soft_dice (soft predictions only) or a per-class ``dice_<label>``. ``metadata``: an optional CSV (or DataFrame)
     with an ``id`` column; it only names slices. ``embedder``: an :class:`~seg4seg_utils.discovery.embed.Embedder`
-    to use instead of the default (tests, notebooks that already built one).
+    to use instead of the default (tests, notebooks that already built one). ``n_jobs``: processes that read and
+    describe the images (never changes a result).
     """
     from seg4seg_utils.discovery.descriptors import contrast_slices, describe_slice, top_descriptor
     from seg4seg_utils.discovery.embed import default_embedder, embed_dataset, performance_matrix
@@ -279,7 +296,7 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     if (dataset / "dataset.json").is_file() and \
             json.loads((dataset / "dataset.json").read_text()).get("config", {}) != config:
         shutil.rmtree(dataset)  # our own cache of an earlier run on files that changed since: recompute
-    table, per_image = score_and_describe(pairs, dataset, config, threshold, progress)
+    table, per_image = score_and_describe(pairs, dataset, config, threshold, progress, n_jobs)
     missing = [p for p in performance if p not in per_image.columns]
     if missing:
         numeric = [c for c in per_image.columns if c.startswith(("dice", "iou", "ppv", "npv", "soft_dice"))]
