@@ -6,7 +6,9 @@ For each trained case of the preset (the main job's models, read back; missing o
 images, ground truth and predictions are copied into three plain folders, as a user would have them, and
 ``seg4seg audit`` runs on them **without metadata**, once per slicer seed. Afterwards, for evaluation only, the
 hidden attribute is read: the worst eligible slice is *detected* when more than 80 % of its members carry it
-(the paper's purity threshold), and *named* when its top descriptor is one of the case's mechanism words below.
+(the paper's purity threshold), and *named* when its top descriptor - the largest significant difference of the image or mask descriptors (the
+error-type descriptors say how the model fails, not what the images share) - is one of the case's mechanisms
+below.
 The slicer and the descriptors never see the attribute.
 
 Writes ``naming.csv`` (one row per case, prevalence and seed) and ``naming.md`` (shares with k/n and a Wilson
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
             members = res.per_image.loc[res.per_image["slice"] == focus, "id"]
             purity = float(hidden.loc[members].mean())
             row = res.slices.set_index("slice").loc[focus]
-            top = res.contrast[(res.contrast["slice"] == focus) & (res.contrast["rank"] == 1)]
-            top_name = None if top.empty else (top["descriptor"].iat[0], top["direction"].iat[0])
+            top = row["top_descriptor"]  # the largest significant image or mask difference (not the error type)
+            direction = res.contrast.set_index(["slice", "descriptor"])["direction"].get((focus, top))
+            top_name = None if top is None or pd.isna(top) else (top, direction)
             rows.append({"case": tc.case, "prevalence": tc.prevalence, "slicer_seed": seed, "n_slices": res.n_slices,
                          "focus_slice": focus, "size": int(row["size"]), "problematic": bool(row["problematic"]),
                          "purity": purity, "detected": purity > 0.8,

@@ -331,6 +331,9 @@ def test_contrast_names_a_darkened_slice():
     assert row["effect"] < -3 and row["significant"] and row["rank"] == 1
     assert row["slice_mean"] < row["rest_mean"] - 0.2
     assert top_descriptor(contrast, 1) == "brightness" and top_descriptor(contrast, 0) == "brightness"
+    assert top_descriptor(contrast, 1, families=("image",)) == "brightness"
+    masks_only = top_descriptor(contrast, 1, families=("mask",))
+    assert masks_only is None or DESCRIPTORS.at[masks_only, "family"] == "mask"
     assert "darker" in describe_slice(contrast, 1)
     assert describe_slice(contrast, 1).startswith("darker") and describe_slice(contrast, 0).startswith("brighter")
     # only brightness moved: nothing else may be claimed

@@ -480,7 +480,14 @@ def describe_slice(contrast: pd.DataFrame, slice_id: int, max_terms: int = 3) ->
     return "; ".join(parts)
 
 
-def top_descriptor(contrast: pd.DataFrame, slice_id: int) -> str | None:
-    """The name of the slice's rank-1 descriptor (largest significant effect), None when nothing is significant."""
-    top = contrast[(contrast["slice"] == slice_id) & (contrast["rank"] == 1)]
-    return None if top.empty else str(top["descriptor"].iloc[0])
+def top_descriptor(contrast: pd.DataFrame, slice_id: int, families: Sequence[str] | None = None) -> str | None:
+    """The name of the slice's largest significant difference, None when nothing is significant.
+
+    ``families`` restricts it, e.g. ``("image", "mask")`` for what the slice's *inputs* have in common (the
+    cause a reader looks for), leaving out the ``error`` family, which says how the model fails there."""
+    rows = contrast[(contrast["slice"] == slice_id) & contrast["significant"].astype(bool)]
+    if families is not None:
+        rows = rows[rows["family"].isin(list(families))]
+    if rows.empty:
+        return None
+    return str(rows.loc[rows["effect"].abs().idxmax(), "descriptor"])

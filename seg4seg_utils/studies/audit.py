@@ -48,6 +48,8 @@ AUDIT_FORMAT = 1
 DEFAULT_CANDIDATES: tuple[int, ...] = tuple(range(2, 17))
 #: below this, slices of 2 % of the images are single images: no systematic failure can be told from noise
 MIN_IMAGES = 20
+#: descriptor families that describe the images and masks (what a slice's inputs share); ``error`` says how it fails
+INPUT_FAMILIES = ("image", "mask")
 #: significance level of "this slice performs worse than the rest" (Bonferroni over the slices)
 ALPHA = 0.01
 _OWN_FILES = ("report.html", "per_image.csv", "slices.csv", "slice_probabilities.csv", "descriptor_contrast.csv",
@@ -331,7 +333,7 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     slices = problematic_slices(labels, Y[:, 0], report.table)
     slices["share"] = slices["size"] / n
     slices["description"] = [describe_slice(contrast, int(s)) for s in slices["slice"]]
-    slices["top_descriptor"] = [top_descriptor(contrast, int(s)) for s in slices["slice"]]
+    slices["top_descriptor"] = [top_descriptor(contrast, int(s), INPUT_FAMILIES) for s in slices["slice"]]
     slices["focus"] = slices["slice"] == report.focus_slice
     slices = slices.sort_values(["eligible", "mean_perf"], ascending=[False, True], kind="stable")
     slices = slices.reset_index(drop=True)
@@ -392,8 +394,9 @@ def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.
     test = table.split("test")
     preds = dict(zip(metrics["id"].astype(str), metrics["prediction"]))
     for i, sid in enumerate(test.df["id"]):
-        for src, folder in ((test.path(test.df["image"].iat[i]), "images"), (test.path(test.df["mask"].iat[i]), "masks"),
-                            (Path(run.root) / preds[str(sid)], "predictions")):
+        sources = ((test.path(test.df["image"].iat[i]), "images"), (test.path(test.df["mask"].iat[i]), "masks"),
+                   (Path(run.root) / preds[str(sid)], "predictions"))
+        for src, folder in sources:
             dst = folders[folder] / f"{sid}.png"
             if not (dst.is_file() and dst.stat().st_size == Path(src).stat().st_size):
                 shutil.copyfile(src, dst)
