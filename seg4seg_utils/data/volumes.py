@@ -163,7 +163,7 @@ def _load(path: str | os.PathLike, what: str) -> tuple[Path, Any]:
 
 
 def _canonical(path: Path, img: Any, what: str, channels: bool) -> tuple[Any, tuple[int, ...]]:
-    """Reorient to RAS+ and decide the output shape (rules in the module docstring)."""
+    """Reorient to RAS+; returns the canonical image and the output shape (rules in the module docstring)."""
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3:
         raise DatasetError(f"{path}: the {what} is {len(shape)}-D (shape {shape}); a 3-D volume is expected. "
@@ -180,7 +180,8 @@ def _canonical(path: Path, img: Any, what: str, channels: bool) -> tuple[Any, tu
     except Exception as exc:  # a singular or non-finite affine cannot be reoriented
         raise DatasetError(f"{path}: the {what}'s affine cannot be reoriented ({exc}). Fix the file's header "
                            "(qform/sform).") from exc
-    return canon, shape
+    # the reoriented shape (spatial axes permuted), less the dropped trailing axes (never reoriented)
+    return canon, tuple(int(s) for s in canon.shape[: len(shape)])
 
 
 def _spacing(path: Path, canon: Any, what: str) -> tuple[float, float, float]:
