@@ -92,4 +92,5 @@ def test_timing():
             start = time.perf_counter()
             for seed in range(repeats):
                 phantom_volume(size, np.random.default_rng(seed), scanner)
-            print(f"\nphantom_volume {size}^3 scanner {scanner}: {(time.perf_counter() - start) / repeats * 1000:.1f} ms")
+            took = (time.perf_counter() - start) / repeats
+            print(f"\nphantom_volume {size}^3 scanner {scanner}: {took * 1000:.1f} ms")
