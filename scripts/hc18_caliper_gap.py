@@ -7,6 +7,10 @@ trains a U-Net from scratch (ResNet-18, 128 px by default), prints the test Dice
 marks vs with marks with a Mann-Whitney p-value, then runs SEG4SEG on the test split (EfficientNet-Lite0
 ``x0`` embeddings, Dice, gamma=10, 10 slices) for ``--slicer-seeds`` seeds and prints the detection rate.
 Everything is cached under ``--work``.
+
+``--audit DIR`` also audits the trained model as a user would: its test images, masks and predictions are copied
+into three plain folders and ``seg4seg audit`` runs on them without metadata (report in DIR); the hidden
+attribute is read afterwards, for evaluation only.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from seg4seg_utils.discovery.embed import EfficientNetLite0Embedder
 from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.model.metrics import subgroup_gap
 from seg4seg_utils.model.train import train, train_preset
+from seg4seg_utils.studies.audit import audit, demo_folders
 from seg4seg_utils.studies.benchmark import benchmark_items, detection_table, run_benchmark
 
 STYLES = {"full": CaliperStyle(), "crosses": CaliperStyle(dotted_trace=False)}
@@ -38,6 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slicer-seeds", type=int, default=5)
     parser.add_argument("--performance-model", choices=("gaussian", "soft_categorical"), default="gaussian")
+    parser.add_argument("--audit", type=Path, default=None, metavar="DIR",
+                        help="also run seg4seg audit on the model's test folders (metadata withheld), report in DIR")
     args = parser.parse_args()
 
     clean = prepare_hc18(args.raw, args.work / "hc18")
@@ -58,6 +65,17 @@ def main() -> None:
                          cache_dir=args.work / "cache", n_jobs=2)
     print(rows[["slicer_seed", "success", "omega2", "max_purity", "winning_size", "winning_perf"]].to_string())
     print(detection_table(rows, by=("case", "prevalence", "performance_model")).to_markdown(index=False))
+    if args.audit:
+        folders = demo_folders(run.root, data, args.work / "audit-folders")
+        res = audit(folders["images"], folders["masks"], folders["predictions"], args.audit)
+        hidden = data.df.set_index("id")["failure"].astype(bool)
+        for s in [*res.problematic, res.report.focus_slice][:4]:
+            members = res.per_image.loc[res.per_image["slice"] == s, "id"]
+            row = res.slices.set_index("slice").loc[s]
+            print(f"slice {s}: {len(members)} images, mean Dice {row['mean_perf']:.3f}, problematic "
+                  f"{bool(row['problematic'])}, without marks (evaluation only) {hidden.loc[members].mean():.2f}; "
+                  f"{row['description']}")
+        print("\n".join(res.verdicts), f"\nreport: {res.paths['report']}", sep="\n")
 
 
 if __name__ == "__main__":
