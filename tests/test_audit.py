@@ -240,3 +240,17 @@ def test_bad_file_deep_in_the_folder_is_named(tmp_path, embedder):
     with pytest.raises(DatasetError, match=r"img017.*40"):
         audit(p["images"], p["masks"], p["predictions"], tmp_path / "o", n_slices=3, embedder=embedder, progress=False)
     assert not (tmp_path / "o" / "work" / "dataset").exists()
+
+
+def test_problematic_needs_a_lower_mean_not_only_lower_ranks():
+    """Typical images a little below the median rank lower than a rest that holds the real failures, yet their
+    mean is higher: only the real failures are problematic."""
+    from seg4seg_utils.discovery.protocol import slice_table
+    from seg4seg_utils.studies.audit import problematic_slices
+
+    labels = np.repeat([0, 1, 2], [30, 60, 10])
+    scores = np.concatenate([np.full(30, 0.95), np.full(60, 0.99), np.full(10, 0.10)])
+    scores = scores + np.random.default_rng(0).normal(0, 0.001, 100)
+    t = problematic_slices(labels, scores, slice_table(labels, scores, np.zeros(100, bool)))
+    assert t.loc[0, "p_value"] < 0.01 and t.loc[0, "gap"] < 0 and not t.loc[0, "problematic"]
+    assert t.loc[2, "problematic"] and not t.loc[1, "problematic"]

@@ -194,8 +194,9 @@ def problematic_slices(labels: np.ndarray, scores: np.ndarray, slice_table: pd.D
     rest, Bonferroni over the eligible slices) and ``problematic`` to the protocol's slice table.
 
     A slice is *problematic* when it is eligible (at least 2 % of the images), in the bottom 40 % of the slices by
-    mean performance, and performs significantly worse than the other images (adjusted p < ``alpha``). No hidden
-    attribute is read: this is what a user without failure labels can be told."""
+    mean performance, and performs worse than the other images: significantly by ranks (adjusted p < ``alpha``)
+    and lower on average (``gap`` > 0). No hidden attribute is read: this is what a user without failure labels
+    can be told."""
     from scipy.stats import mannwhitneyu
 
     t = slice_table.copy()
@@ -211,7 +212,9 @@ def problematic_slices(labels: np.ndarray, scores: np.ndarray, slice_table: pd.D
         else:
             pval.append(np.nan)
     t["worst"], t["gap"], t["p_value"] = worst, gap, pval
-    t["problematic"] = t["eligible"] & t["bottom"] & (t["p_value"] < alpha)
+    # both the ranks (the test) and the mean must say "worse": a slice of typical, slightly-below-median images can
+    # rank lower than a rest that holds the real failures, while its mean is higher than theirs
+    t["problematic"] = t["eligible"] & t["bottom"] & (t["p_value"] < alpha) & (t["gap"] > 0)
     return t
 
 
