@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 from scipy.spatial import ConvexHull, QhullError
-from skimage import measure, morphology, segmentation
+from skimage import measure, segmentation
 
 __all__ = ["DESCRIPTORS", "DESCRIPTOR_NAMES", "NOTHING_SIGNIFICANT", "describe_image", "describe_images",
-           "polygonality", "contrast_slices", "describe_slice", "top_descriptor"]
+           "error_descriptors", "polygonality", "contrast_slices", "describe_slice", "top_descriptor"]
 
 #: The descriptors, by family, with the words that name a slice whose mean is higher / lower than the rest's.
 #: ``comparative`` is True when the words read with "than the rest" after them ("darker than the rest");
@@ -273,8 +273,11 @@ def _mask_descriptors(truth: np.ndarray) -> dict[str, float]:
             "polygonality": _outline_polygonality(outline)}
 
 
-def _error_descriptors(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """Error type: false positives vs negatives, boundary vs region errors, predicted / true area."""
+def error_descriptors(truth: np.ndarray, prediction: np.ndarray, band: int = _BOUNDARY_BAND_PX) -> dict[str, float]:
+    """Error type of a 2-D or 3-D label map pair: ``fp_fraction`` (false positives / all wrong foreground
+    decisions), ``boundary_error_fraction`` (share of the wrong pixels or voxels within ``band`` layers of a
+    ground-truth label change) and ``pred_size_ratio`` (predicted / true foreground size, capped). One function for
+    images and volumes (:mod:`.volume_features` calls it too), so the two cannot drift apart."""
     true_fg, pred_fg = truth > 0, prediction > 0
     fp = int(np.count_nonzero(pred_fg & ~true_fg))
     fn = int(np.count_nonzero(true_fg & ~pred_fg))
@@ -285,24 +288,32 @@ def _error_descriptors(truth: np.ndarray, prediction: np.ndarray) -> dict[str, f
     else:
         # only the box around the wrong pixels matters: a boundary pixel within the band of a wrong pixel lies
         # within band + 1 of it (the +1: "thick" boundaries look one pixel to each side); cheap on big images
-        r, c = np.nonzero(wrong)
-        pad = _BOUNDARY_BAND_PX + 2
-        box = (slice(max(r.min() - pad, 0), r.max() + pad + 1), slice(max(c.min() - pad, 0), c.max() + pad + 1))
+        idx = np.nonzero(wrong)
+        pad = band + 2
+        box = tuple(slice(max(int(i.min()) - pad, 0), int(i.max()) + pad + 1) for i in idx)
         boundary = segmentation.find_boundaries(truth[box], mode="thick")  # both sides of every label change
         if boundary.any():
-            # the 2 pixel layers on either side of a label change: the thick boundary (1 layer each side)
-            # dilated by a city-block step per further layer
-            band = morphology.dilation(boundary, morphology.diamond(_BOUNDARY_BAND_PX - 1))
-            boundary_fraction = float(np.count_nonzero(band & wrong[box])) / n_wrong
+            # the band layers on either side of a label change: the thick boundary (1 layer each side) dilated
+            # by a city-block step per further layer
+            cross = ndimage.generate_binary_structure(truth.ndim, 1)
+            grown = ndimage.binary_dilation(boundary, cross, iterations=band - 1) if band > 1 else boundary
+            boundary_fraction = float(np.count_nonzero(grown & wrong[box])) / n_wrong
         else:
             boundary_fraction = 0.0  # no label boundary near any error (e.g. an empty truth): region errors
-    true_area, pred_area = int(true_fg.sum()), int(pred_fg.sum())
-    if true_area == 0:
-        ratio = 1.0 if pred_area == 0 else _MAX_AREA_RATIO
+    true_n, pred_n = int(np.count_nonzero(true_fg)), int(np.count_nonzero(pred_fg))
+    if true_n == 0:
+        ratio = 1.0 if pred_n == 0 else _MAX_AREA_RATIO
     else:
-        ratio = min(pred_area / true_area, _MAX_AREA_RATIO)
+        ratio = min(pred_n / true_n, _MAX_AREA_RATIO)
     return {"fp_fraction": fp / (fp + fn) if fp + fn else 0.5, "boundary_error_fraction": boundary_fraction,
-            "pred_area_ratio": float(ratio)}
+            "pred_size_ratio": float(ratio)}
+
+
+def _error_descriptors(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """Error type of an image: :func:`error_descriptors` with the size ratio named as an area."""
+    d = error_descriptors(truth, prediction)
+    return {"fp_fraction": d["fp_fraction"], "boundary_error_fraction": d["boundary_error_fraction"],
+            "pred_area_ratio": d["pred_size_ratio"]}
 
 
 def describe_image(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:

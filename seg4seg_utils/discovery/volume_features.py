@@ -99,7 +99,7 @@ import pandas as pd
 from scipy import ndimage, stats
 from skimage import measure, segmentation, transform
 
-from seg4seg_utils.discovery.descriptors import DESCRIPTORS
+from seg4seg_utils.discovery.descriptors import DESCRIPTORS, error_descriptors
 
 __all__ = ["VOLUME_DESCRIPTORS", "VOLUME_DESCRIPTOR_NAMES", "describe_volume", "intensity_window", "volume_planes",
            "planes_from_axes", "embed_volume", "plane_montage"]
@@ -274,30 +274,11 @@ def _placement(truth_fg: np.ndarray, box: tuple[slice, ...], spacing: tuple[floa
 
 
 def _error_stats(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """fp_fraction, boundary_error_fraction, pred_volume_ratio of (cropped) label maps."""
-    true_fg, pred_fg = truth > 0, prediction > 0
-    fp = int(np.count_nonzero(pred_fg & ~true_fg))
-    fn = int(np.count_nonzero(true_fg & ~pred_fg))
-    wrong = truth != prediction  # a class confusion inside the foreground is an error too
-    n_wrong = int(np.count_nonzero(wrong))
-    if n_wrong == 0:
-        boundary_fraction = 0.5  # no error: neither kind dominates
-    else:
-        # the crop's margin (8) exceeds the band (2) plus the thick boundary's reach (1), so no boundary voxel
-        # that can touch a wrong voxel's band lies outside it
-        boundary = segmentation.find_boundaries(truth, connectivity=1, mode="thick")
-        if boundary.any():
-            band = ndimage.binary_dilation(boundary, structure=_CROSS, iterations=_BOUNDARY_BAND_VOX - 1)
-            boundary_fraction = float(np.count_nonzero(band & wrong)) / n_wrong
-        else:
-            boundary_fraction = 0.0  # no label change near any error (e.g. an empty truth): region errors
-    true_n, pred_n = int(np.count_nonzero(true_fg)), int(np.count_nonzero(pred_fg))
-    if true_n == 0:
-        ratio = 1.0 if pred_n == 0 else _MAX_VOLUME_RATIO
-    else:
-        ratio = min(pred_n / true_n, _MAX_VOLUME_RATIO)
-    return {"fp_fraction": fp / (fp + fn) if fp + fn else 0.5, "boundary_error_fraction": boundary_fraction,
-            "pred_volume_ratio": float(ratio)}
+    """fp_fraction, boundary_error_fraction, pred_volume_ratio of (cropped) label maps: the 2-D descriptors' own
+    :func:`~seg4seg_utils.discovery.descriptors.error_descriptors`, which works in any dimension."""
+    d = error_descriptors(truth, prediction, band=_BOUNDARY_BAND_VOX)
+    return {"fp_fraction": d["fp_fraction"], "boundary_error_fraction": d["boundary_error_fraction"],
+            "pred_volume_ratio": d["pred_size_ratio"]}
 
 
 def describe_volume(image: np.ndarray, spacing: Sequence[float], truth: np.ndarray,
