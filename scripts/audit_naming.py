@@ -1,6 +1,6 @@
 """Do the audit's descriptors name the injected mechanism? Cases A-D, every prevalence, 5 slicer seeds.
 
-    .venv/bin/python scripts/audit_naming.py --preset cpu [--n-slices auto|N] [--out results/cpu/audit]
+    .venv/bin/python scripts/audit_naming.py --preset cpu [--n-slices N|auto] [--out results/cpu/audit]
 
 For each trained case of the preset (the main job's models, read back; missing ones are trained), the test
 images, ground truth and predictions are copied into three plain folders, as a user would have them, and
@@ -14,8 +14,8 @@ is one of the case's mechanisms below. The slicer and the descriptors never see 
 blur) says whether a mechanism is among the slice's three best-ranked significant terms, errors included; it is
 reported beside the rule fixed beforehand, never instead of it.
 
-Writes ``naming.csv`` (one row per case, prevalence and seed) and ``naming.md`` (shares with k/n and a Wilson
-95 % interval) under ``--out``.
+Writes ``naming-k<N>.csv`` (one row per case, prevalence and seed) and ``naming-k<N>.md`` (shares with k/n and a
+Wilson 95 % interval) under ``--out``, N the ``--n-slices`` value (``kauto`` for BIC).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--cases", default="ABCD")
-    ap.add_argument("--n-slices", default="auto", help="'auto' (BIC, the audit's default) or a number")
+    ap.add_argument("--n-slices", default="10", help="a number (default 10, the audit's default) or 'auto' (BIC)")
     ap.add_argument("--out", type=Path, default=None, help="default: RESULTS/PRESET/audit")
     args = ap.parse_args(argv)
     ws = Workspace(args.preset, data_dir=args.data, results_dir=args.results, runs_dir=args.runs, progress=False)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{row['description']}", flush=True)
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "naming.csv", index=False)
+    table.to_csv(out / f"naming-k{args.n_slices}.csv", index=False)
     lines = ["| case | prevalence | detected (k/n) | named when detected (k/n) | 95 % interval | "
              "in the top 3 terms (k/n, post hoc) | top descriptors |", "|---|---|---|---|---|---|---|"]
     for (case, prev), g in table.groupby(["case", "prevalence"]):
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{int(det['named'].sum())}/{len(det)} | {lo:.2f}-{hi:.2f} | "
                      f"{int(det['in_top3'].sum())}/{len(det)} | {tops} |")
     text = "\n".join(lines) + "\n"
-    (out / "naming.md").write_text(text)
+    (out / f"naming-k{args.n_slices}.md").write_text(text)
     print(text)
 
 

@@ -80,8 +80,9 @@ def _add_audit_parser(sub) -> None:
                        help="optional table with an 'id' column (file name without extension); it only names "
                             "slices, it is never used to find them")
     audit.add_argument("--out", default="audit", metavar="DIR", help="output folder (default: audit)")
-    audit.add_argument("--n-slices", type=_n_slices, default="auto", metavar="N|auto",
-                       help="number of slices, or 'auto' to choose it by BIC (default)")
+    audit.add_argument("--n-slices", type=_n_slices, default=10, metavar="N|auto",
+                       help="number of slices (default 10, the paper's), or 'auto' for the minimum of the BIC curve "
+                            "the report shows (BIC can merge a small failing group: see the report)")
     audit.add_argument("--performance", default="dice", metavar="LIST",
                        help="comma-separated per-image scores the slicer weighs, the first is judged: dice, iou, "
                             "ppv, npv, soft_dice, dice_<label> (default: dice)")

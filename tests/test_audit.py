@@ -88,6 +88,7 @@ def test_tables_and_report_are_written(audited):
     assert np.allclose(probs.sum(axis=1), 1)
     bic = pd.read_csv(out / "n_slices_bic.csv")
     assert bic["chosen"].sum() == 1 and int(bic.loc[bic["chosen"], "n_slices"].iat[0]) == result.n_slices
+    assert bic["used"].sum() == 1 and (bic["used"] == bic["chosen"]).all()  # auto: the BIC minimum is used
 
 
 def test_planted_failure_is_found_and_named(audited):

@@ -51,13 +51,16 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 
 
 def bic_figure(bic: pd.DataFrame, size: tuple[float, float] = (4.6, 2.6)) -> Figure:
-    """BIC against the number of slices, the chosen number marked (lower BIC = better trade-off)."""
+    """BIC against the number of slices: its minimum circled in red, the number the audit used in black."""
     fig = Figure(figsize=size, layout="constrained")
     ax = fig.subplots()
     ax.plot(bic["n_slices"], bic["bic"], "o-", color="#546e7a", ms=3.5, lw=1.2)
     chosen = bic[bic["chosen"]]
-    ax.plot(chosen["n_slices"], chosen["bic"], "o", color="#d32f2f", ms=8, mfc="none", mew=1.6,
-            label=f"chosen: {int(chosen['n_slices'].iat[0])} slices")
+    ax.plot(chosen["n_slices"], chosen["bic"], "o", color="#d32f2f", ms=9, mfc="none", mew=1.6,
+            label=f"BIC minimum: {int(chosen['n_slices'].iat[0])}")
+    used = bic[bic["used"]] if "used" in bic else chosen
+    if len(used):
+        ax.plot(used["n_slices"], used["bic"], "s", color="black", ms=4, label=f"used: {int(used['n_slices'].iat[0])}")
     ax.set_xlabel("number of slices")
     ax.set_ylabel("BIC")
     ax.legend(fontsize=8, frameon=False)
@@ -110,7 +113,7 @@ def audit_browser(table: SampleTable, per_image: pd.DataFrame, slices: pd.DataFr
 
 
 def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame, verdicts: Sequence[str],
-                 metadata_columns: Sequence[str], bic: pd.DataFrame | None, embedder_name: str,
+                 metadata_columns: Sequence[str], bic: pd.DataFrame, n_slices_rule: str, embedder_name: str,
                  inputs: dict[str, str], threshold: float, n_gallery: int = 8, max_galleries: int = 4,
                  title: str = "seg4seg audit") -> Path:
     """Write the report page to ``path`` (see the module docstring for its sections); returns ``path``.
@@ -127,7 +130,7 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
 
     parts = [f"<h1>{escape(title)}</h1>",
              f"<p class='lead'>{n} images &middot; {len(slices)} slices"
-             f"{' (chosen by BIC)' if bic is not None else ''} &middot; performance: {escape(name)} &middot; "
+             f" ({escape(n_slices_rule)}) &middot; performance: {escape(name)} &middot; "
              f"embedder: {escape(embedder_name)}</p>"]
     kind = "bad" if len(problematic) else "good"
     parts.append(f"<section id='verdict'><h2>Verdict</h2><ul class='verdict {kind}'>"
@@ -156,15 +159,14 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
     parts.append(f"<section id='galleries'><h2>{heading}</h2><p class='muted'>Members most typical of the slice "
                  "first; ground truth in cyan, prediction in pink; the number is the image's "
                  f"{escape(name)}.</p>{''.join(gal)}</section>")
-    if bic is not None:
-        parts.append("<section id='n-slices'><h2>How many slices</h2>" + img_tag(bic_figure(bic), "BIC curve", 100)
-                     + "<p class='muted'>The number of slices with the lowest Bayesian information criterion of the "
-                     "slicer's joint likelihood (embedding and performance), among the candidates shown. Pass "
-                     "<code>--n-slices N</code> to fix it.</p></section>")
-    else:
-        parts.append(f"<section id='n-slices'><h2>How many slices</h2><p>{len(slices)}, as given.</p></section>")
-    files = ["per_image.csv", "slices.csv", "slice_probabilities.csv", "descriptor_contrast.csv"] + \
-        (["n_slices_bic.csv"] if bic is not None else [])
+    k_bic = int(bic.loc[bic["chosen"], "n_slices"].iat[0])
+    parts.append("<section id='n-slices'><h2>How many slices</h2>" + img_tag(bic_figure(bic), "BIC curve", 100)
+                 + f"<p class='muted'>This audit used {len(slices)} slices ({escape(n_slices_rule)}). The curve is the "
+                 "Bayesian information criterion of the slicer's joint likelihood (embedding and performance); its "
+                 f"minimum, {k_bic}, is what <code>--n-slices auto</code> uses. BIC rewards a good fit of the data, "
+                 "not an isolated failure: fewer slices can merge a small failing group into a large one, so the "
+                 "default is 10 (the paper's); pass <code>--n-slices N</code> to try others.</p></section>")
+    files = ["per_image.csv", "slices.csv", "slice_probabilities.csv", "descriptor_contrast.csv", "n_slices_bic.csv"]
     parts.append("<section id='method'><h2>How this was made</h2><ul>"
                  f"<li>Images: <code>{escape(inputs['images'])}</code>; ground truth: "
                  f"<code>{escape(inputs['masks'])}</code>; predictions: <code>{escape(inputs['predictions'])}"
