@@ -255,3 +255,25 @@ def test_problematic_needs_a_lower_mean_not_only_lower_ranks():
     t = problematic_slices(labels, scores, slice_table(labels, scores, np.zeros(100, bool)))
     assert t.loc[0, "p_value"] < 0.01 and t.loc[0, "gap"] < 0 and not t.loc[0, "problematic"]
     assert t.loc[2, "problematic"] and not t.loc[1, "problematic"]
+
+
+def test_probability_predictions(tmp_path, embedder):
+    """Soft outputs (.npy probabilities) are thresholded for the overlap metrics, add soft Dice (usable as the
+    performance score) and the model's uncertainty, which names slices in words."""
+    from scipy.ndimage import gaussian_filter
+
+    p = make_folders(tmp_path / "d", n=30, n_dark=6)
+    for f in sorted(p["predictions"].glob("*.png")):
+        hard = np.asarray(Image.open(f)) > 0
+        dark = int(f.stem[3:]) >= 24
+        prob = gaussian_filter(hard.astype(float), 4 if dark else 1)  # the failing images: blurred, unsure edges
+        np.save(p["predictions"] / f"{f.stem}.npy", prob.astype(np.float32))
+        f.unlink()
+    r = audit(p["images"], p["masks"], p["predictions"], tmp_path / "o", n_slices=3, performance=("soft_dice",),
+              embedder=embedder, progress=False)
+    assert {"soft_dice", "boundary_uncertainty", "mean_uncertainty", "dice"} <= set(r.per_image.columns)
+    assert r.performance == ("soft_dice",)
+    assert r.per_image["dice"].between(0, 1).all() and (r.per_image["soft_dice"] <= r.per_image["dice"] + 0.05).all()
+    assert "boundary_uncertainty" in set(r.contrast["descriptor"])
+    unsure = r.per_image.groupby(r.per_image["id"].str[3:].astype(int) >= 24)["boundary_uncertainty"].mean()
+    assert unsure[True] > unsure[False]

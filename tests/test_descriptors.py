@@ -324,7 +324,8 @@ def test_contrast_names_a_darkened_slice():
     table = population(80, seed=11, darken=labels == 1)
     contrast = contrast_slices(table, labels)
     assert list(contrast.columns) == ["slice", "descriptor", "family", "effect", "p_value", "p_adjusted",
-                                      "slice_mean", "rest_mean", "direction", "words", "significant", "rank"]
+                                      "slice_mean", "rest_mean", "direction", "words", "significant", "rank",
+                                      "comparative"]
     assert len(contrast) == 2 * len(DESCRIPTOR_NAMES)
     row = contrast[(contrast["slice"] == 1) & (contrast["descriptor"] == "brightness")].iloc[0]
     assert row["direction"] == "lower" and row["words"] == "darker" and row["family"] == "image"

@@ -37,8 +37,9 @@ from scipy import ndimage, stats
 from scipy.spatial import ConvexHull, QhullError
 from skimage import measure, segmentation
 
-__all__ = ["DESCRIPTORS", "DESCRIPTOR_NAMES", "NOTHING_SIGNIFICANT", "describe_image", "describe_images",
-           "error_descriptors", "polygonality", "contrast_slices", "describe_slice", "top_descriptor"]
+__all__ = ["DESCRIPTORS", "DESCRIPTOR_NAMES", "SOFT_DESCRIPTORS", "NOTHING_SIGNIFICANT", "describe_image",
+           "describe_images", "error_descriptors", "polygonality", "contrast_slices", "describe_slice",
+           "top_descriptor"]
 
 #: The descriptors, by family, with the words that name a slice whose mean is higher / lower than the rest's.
 #: ``comparative`` is True when the words read with "than the rest" after them ("darker than the rest");
@@ -84,6 +85,16 @@ DESCRIPTORS: pd.DataFrame = pd.DataFrame.from_records([
 ], columns=["name", "family", "higher", "lower", "comparative", "unit", "explanation"]).set_index("name")
 
 DESCRIPTOR_NAMES: tuple[str, ...] = tuple(DESCRIPTORS.index)
+
+#: words for the scores only probability outputs allow (:data:`seg4seg_utils.model.metrics.SOFT_METRICS`): they
+#: describe the prediction, like the error family, so they say how the model fails, never what the inputs share
+SOFT_DESCRIPTORS: pd.DataFrame = pd.DataFrame.from_records([
+    ("boundary_uncertainty", "error", "less confident along the predicted boundary",
+     "more confident along the predicted boundary", False, "0..1",
+     "mean of 1 - |2p - 1| within 2 px of the thresholded prediction's boundary"),
+    ("mean_uncertainty", "error", "less confident predictions", "more confident predictions", False, "0..1",
+     "mean of 1 - |2p - 1| over the image"),
+], columns=["name", "family", "higher", "lower", "comparative", "unit", "explanation"]).set_index("name")
 NOTHING_SIGNIFICANT = "no descriptor distinguishes it from the rest"
 
 # boundary errors: wrong pixels within this many pixels (city-block) of a ground-truth label boundary
@@ -382,7 +393,7 @@ def _hedges_g(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def contrast_slices(descriptors: pd.DataFrame, labels: np.ndarray, columns: Sequence[str] | None = None,
-                    alpha: float = 0.01) -> pd.DataFrame:
+                    alpha: float = 0.01, words: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every slice against the rest of the images, descriptor by descriptor: a tidy long table.
 
     ``descriptors``: one row per image (as :func:`describe_images` gives); ``labels``: the slice of each row
@@ -404,13 +415,18 @@ def contrast_slices(descriptors: pd.DataFrame, labels: np.ndarray, columns: Sequ
     * ``rank`` - 1 = largest ``|effect|`` among the slice's significant descriptors (ties: smaller p, then
       table order), NaN when not significant.
 
-    Rows are ordered by slice, then rank, then ``|effect|``.
+    * ``comparative`` - whether the words read with "than the rest" after them (from the words table).
+
+    ``words`` is the table of families and words (default :data:`DESCRIPTORS`; e.g. with
+    :data:`SOFT_DESCRIPTORS` appended for probability outputs, or a table of volume descriptors); ``columns``
+    defaults to its names present in ``descriptors``. Rows are ordered by slice, then rank, then ``|effect|``.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size != len(descriptors):
         raise ValueError(f"labels must be 1-D with one entry per row: {labels.shape} vs {len(descriptors)} rows")
+    words = DESCRIPTORS if words is None else words
     if columns is None:
-        columns = [name for name in DESCRIPTOR_NAMES if name in descriptors.columns]
+        columns = [name for name in words.index if name in descriptors.columns]
     missing = [c for c in columns if c not in descriptors.columns]
     if missing:
         raise KeyError(f"descriptor columns not in the table: {missing}")
@@ -433,14 +449,14 @@ def contrast_slices(descriptors: pd.DataFrame, labels: np.ndarray, columns: Sequ
             slice_mean = float(x.mean()) if x.size else float("nan")
             rest_mean = float(y.mean()) if y.size else float("nan")
             direction = "higher" if effect > 0 else "lower" if effect < 0 else "equal"
-            if c in DESCRIPTORS.index:
-                family = str(DESCRIPTORS.at[c, "family"])
-                words = str(DESCRIPTORS.at[c, direction]) if direction != "equal" else ""
+            if c in words.index:
+                family, comparative = str(words.at[c, "family"]), bool(words.at[c, "comparative"])
+                text = str(words.at[c, direction]) if direction != "equal" else ""
             else:
-                family, words = "other", f"{direction} {c}" if direction != "equal" else ""
+                family, comparative, text = "other", False, f"{direction} {c}" if direction != "equal" else ""
             slice_rows.append({"slice": s.item(), "descriptor": c, "family": family, "effect": effect, "p_value": p,
                                "slice_mean": slice_mean, "rest_mean": rest_mean, "direction": direction,
-                               "words": words})
+                               "words": text, "comparative": comparative})
         adjusted = _holm(np.array([r["p_value"] for r in slice_rows], dtype=float))
         for r, q in zip(slice_rows, adjusted):
             r["p_adjusted"] = float(q)
@@ -453,7 +469,8 @@ def contrast_slices(descriptors: pd.DataFrame, labels: np.ndarray, columns: Sequ
             slice_rows[i]["rank"] = float(position)
         records.extend(slice_rows)
     table = pd.DataFrame(records, columns=["slice", "descriptor", "family", "effect", "p_value", "p_adjusted",
-                                           "slice_mean", "rest_mean", "direction", "words", "significant", "rank"])
+                                           "slice_mean", "rest_mean", "direction", "words", "significant", "rank",
+                                           "comparative"])
     if table.empty:
         return table
     table["_abs"] = table["effect"].abs()
@@ -479,8 +496,11 @@ def describe_slice(contrast: pd.DataFrame, slice_id: int, max_terms: int = 3) ->
     comparative: dict[str, bool] = {}
     for _, r in rows.iterrows():
         groups.setdefault(r["family"], []).append(r["words"])
-        is_comparative = bool(DESCRIPTORS.at[r["descriptor"], "comparative"]) if r["descriptor"] in DESCRIPTORS.index \
-            else False
+        if "comparative" in r.index and not pd.isna(r["comparative"]):
+            is_comparative = bool(r["comparative"])
+        else:  # a table made by hand: the standard words
+            is_comparative = bool(DESCRIPTORS.at[r["descriptor"], "comparative"]) \
+                if r["descriptor"] in DESCRIPTORS.index else False
         comparative[r["family"]] = comparative.get(r["family"], True) and is_comparative
     parts, said_than = [], False
     for family, words in groups.items():

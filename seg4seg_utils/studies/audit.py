@@ -43,8 +43,8 @@ from seg4seg_utils.data.folders import (check_same_size, folder_fingerprint, pai
                                         read_label_map, read_metadata, read_prediction)
 from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, write_png
 
-__all__ = ["AUDIT_FILE", "DEFAULT_N_SLICES", "DEFAULT_CANDIDATES", "MIN_IMAGES", "AuditResult", "audit", "score_and_describe",
-           "problematic_slices", "verdict_sentences", "demo_folders"]
+__all__ = ["AUDIT_FILE", "DEFAULT_N_SLICES", "DEFAULT_CANDIDATES", "MIN_IMAGES", "AuditResult", "audit",
+           "score_and_describe", "problematic_slices", "verdict_sentences", "demo_folders"]
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = 1
@@ -251,8 +251,8 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> float:
 
 def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str | os.PathLike,
           out: str | os.PathLike = "audit", *, metadata: str | os.PathLike | pd.DataFrame | None = None,
-          n_slices: int | str = DEFAULT_N_SLICES, performance: Sequence[str] = ("dice",), clip_weights: str | None = None,
-          threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
+          n_slices: int | str = DEFAULT_N_SLICES, performance: Sequence[str] = ("dice",),
+          clip_weights: str | None = None, threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
           candidates: Sequence[int] = DEFAULT_CANDIDATES, embedder: Any = None, n_gallery: int = 8,
           max_galleries: int = 4, n_jobs: int = 2, progress: bool = True) -> AuditResult:
     """Audit a segmentation model from three folders; writes ``out/report.html`` and CSVs, returns the result.
@@ -265,7 +265,8 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     to use instead of the default (tests, notebooks that already built one). ``n_jobs``: processes that read and
     describe the images (never changes a result).
     """
-    from seg4seg_utils.discovery.descriptors import contrast_slices, describe_slice, top_descriptor
+    from seg4seg_utils.discovery.descriptors import (DESCRIPTORS, SOFT_DESCRIPTORS, contrast_slices, describe_slice,
+                                                     top_descriptor)
     from seg4seg_utils.discovery.embed import default_embedder, embed_dataset, performance_matrix
     from seg4seg_utils.discovery.judge import SlicerSettings, choose_n_slices, fit_and_judge, reduced
     from seg4seg_utils.report.audit_report import audit_browser, write_report
@@ -336,8 +337,9 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     t0 = _stage(timings, "slice", t0)
 
     # 4. name the slices: descriptors (and metadata) against the rest
-    desc_cols = [c for c in per_image.columns if c in _descriptor_names()]
-    contrast = contrast_slices(per_image[desc_cols], labels)
+    # descriptors name slices; with probability outputs the model's uncertainty joins them (in the error family)
+    words = pd.concat([DESCRIPTORS, SOFT_DESCRIPTORS])
+    contrast = contrast_slices(per_image[[c for c in words.index if c in per_image.columns]], labels, words=words)
     slices = problematic_slices(labels, Y[:, 0], report.table)
     slices["share"] = slices["size"] / n
     slices["description"] = [describe_slice(contrast, int(s)) for s in slices["slice"]]
@@ -372,14 +374,14 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
                          slicer=slicer, table=table, browser=browser, timings=timings, paths=paths)
     rule = "chosen by BIC" if n_slices == "auto" else ("the default" if k == DEFAULT_N_SLICES else "given")
     write_report(paths["report"], browser, slices=slices, verdicts=verdicts, metadata_columns=meta_cols, bic=bic,
-                 n_slices_rule=rule, embedder_name=emb.embedder_name, inputs=inputs, threshold=threshold, n_gallery=n_gallery,
-                 max_galleries=max_galleries)
+                 n_slices_rule=rule, embedder_name=emb.embedder_name, inputs=inputs, threshold=threshold,
+                 n_gallery=n_gallery, max_galleries=max_galleries)
     t0 = _stage(timings, "tables and report", t0)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     pd.DataFrame({"stage": list(timings), "seconds": list(timings.values())}).to_csv(paths["timing"], index=False)
     _write_json(paths["record"], {
         "format": AUDIT_FORMAT, "inputs": inputs, "fingerprint": fingerprint, "status": "done", "n_images": n,
-        "n_slices": k, "n_slices_rule": "BIC" if n_slices == "auto" else "given", "n_slices_bic": k_bic, "performance": list(performance),
+        "n_slices": k, "n_slices_rule": rule, "n_slices_bic": k_bic, "performance": list(performance),
         "threshold": threshold, "gamma": gamma, "seed": seed, "embedder": emb.embedder_name,
         "problematic_slices": result.problematic, "verdicts": verdicts, "timings_s": timings,
         "metadata_columns": meta_cols})
@@ -409,12 +411,6 @@ def demo_folders(run_root: str | os.PathLike, table: SampleTable, out: str | os.
             if not (dst.is_file() and dst.stat().st_size == Path(src).stat().st_size):
                 shutil.copyfile(src, dst)
     return folders
-
-
-def _descriptor_names() -> set[str]:
-    from seg4seg_utils.discovery.descriptors import DESCRIPTORS
-
-    return set(DESCRIPTORS.index)
 
 
 def _map_coordinates(Z: np.ndarray, seed: int, cache: Path) -> np.ndarray:
