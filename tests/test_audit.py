@@ -277,3 +277,16 @@ def test_probability_predictions(tmp_path, embedder):
     assert "boundary_uncertainty" in set(r.contrast["descriptor"])
     unsure = r.per_image.groupby(r.per_image["id"].str[3:].astype(int) >= 24)["boundary_uncertainty"].mean()
     assert unsure[True] > unsure[False]
+
+
+def test_a_tiny_gap_is_not_problematic_however_significant():
+    """With thousands of images a 0.002 Dice gap is significant by ranks, but it names no failure."""
+    from seg4seg_utils.discovery.protocol import slice_table
+    from seg4seg_utils.studies.audit import problematic_slices
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [3000, 3000])
+    scores = np.concatenate([rng.normal(0.978, 0.01, 3000), rng.normal(0.980, 0.01, 3000)]).clip(0, 1)
+    t = problematic_slices(labels, scores, slice_table(labels, scores, np.zeros(len(scores), bool)))
+    assert t.loc[0, "bottom"] and t.loc[0, "p_value"] < 0.01 and t.loc[0, "gap"] > 0
+    assert 0 < t.loc[0, "effect"] < 0.5 and not t.loc[0, "problematic"]

@@ -137,7 +137,8 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
                  + "".join(f"<li>{escape(v)}</li>" for v in verdicts) + "</ul>"
                  "<p class='muted'>A slice is a group of images the model treats alike (close in the embedding and "
                  "similar in performance). <i>Problematic</i>: at least 2 % of the images, among the worst 40 % of "
-                 "slices, and significantly worse than the other images. The descriptors name a slice; they were "
+                 "slices, and worse than the other images (a lower mean, by a medium effect at least, and "
+                 "significantly by ranks). The descriptors name a slice; they were "
                  "not used to find it. A slice points at a failure mode: read its members as examples, not as a "
                  "complete list.</p></section>")
     parts.append(f"<section id='slices'><h2>Slices</h2>"
