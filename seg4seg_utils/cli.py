@@ -68,11 +68,21 @@ def _add_audit_parser(sub) -> None:
     audit = sub.add_parser(
         "audit", help="find where YOUR model fails: images, ground truth and predictions folders in, a report out",
         description="Slice discovery on your own model's test predictions, without labels for the failure. Files "
-                    "are matched by name without extension (nnU-Net's _0000 image suffix is understood). Writes "
-                    "OUT/report.html (self-contained) and CSV tables; re-running reuses what is cached in OUT/work.")
-    audit.add_argument("--images", required=True, metavar="DIR", help="test images (.png .jpg .tif .bmp)")
-    audit.add_argument("--masks", required=True, metavar="DIR",
-                       help="ground-truth masks: 0/1, 0/255 or class labels, lossless (PNG/TIFF)")
+                    "are matched by name without extension (nnU-Net's _0000 image suffix is understood). 2-D images, "
+                    "or 3-D volumes: NIfTI folders, an nnU-Net imagesTs folder (labelsTs and dataset.json beside "
+                    "it), or a MONAI/decathlon datalist (--datalist). Writes OUT/report.html (self-contained) and "
+                    "CSV tables; re-running reuses what is cached in OUT/work.")
+    audit.add_argument("--images", default=None, metavar="DIR",
+                       help="test images (.png .jpg .tif .bmp), or volumes (.nii .nii.gz; an nnU-Net imagesTs "
+                            "folder or raw dataset folder)")
+    audit.add_argument("--masks", default=None, metavar="DIR",
+                       help="ground-truth masks: 0/1, 0/255 or class labels, lossless (PNG/TIFF) or NIfTI label "
+                            "maps; optional for nnU-Net (labelsTs beside imagesTs)")
+    audit.add_argument("--datalist", default=None, metavar="JSON",
+                       help="instead of --images/--masks: a MONAI/decathlon datalist of volumes "
+                            "({\"test\": [{\"image\": ..., \"label\": ...}]}, paths relative to the JSON)")
+    audit.add_argument("--datalist-key", default="test", metavar="KEY",
+                       help="the datalist's list to audit (default: test)")
     audit.add_argument("--predictions", required=True, metavar="DIR",
                        help="your model's predictions: masks like the ground truth, or probabilities "
                             "(.npy/.npz/float TIFF, thresholded at --threshold)")
@@ -85,7 +95,7 @@ def _add_audit_parser(sub) -> None:
                             "the report shows (BIC can merge a small failing group: see the report)")
     audit.add_argument("--performance", default="dice", metavar="LIST",
                        help="comma-separated per-image scores the slicer weighs, the first is judged: dice, iou, "
-                            "ppv, npv, soft_dice, dice_<label> (default: dice)")
+                            "ppv, npv, soft_dice, dice_<label>; for volumes also surface_dice (default: dice)")
     audit.add_argument("--threshold", type=float, default=0.5, help="threshold for probability predictions (0.5)")
     audit.add_argument("--clip-weights", default=None, metavar="FILE",
                        help="open_clip ViT-B-32 weights file; without it the packaged ImageNet EfficientNet-Lite0 "
@@ -101,11 +111,14 @@ def _run_audit(args: argparse.Namespace) -> int:
     from seg4seg_utils.studies.audit import audit
 
     performance = tuple(p.strip() for p in args.performance.split(",") if p.strip())
+    if args.datalist is None and args.images is None:
+        print("seg4seg audit: give --images (with --masks) or --datalist", file=sys.stderr)
+        return 2
     try:
         result = audit(args.images, args.masks, args.predictions, args.out, metadata=args.metadata,
                        n_slices=args.n_slices, performance=performance, clip_weights=args.clip_weights,
                        threshold=args.threshold, seed=args.seed, n_jobs=args.jobs,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, datalist=args.datalist, datalist_key=args.datalist_key)
     except (DatasetError, ValueError, EmbedderUnavailable, FileNotFoundError) as exc:
         print(f"seg4seg audit: {exc}", file=sys.stderr)
         return 2

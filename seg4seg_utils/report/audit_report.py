@@ -69,10 +69,10 @@ def bic_figure(bic: pd.DataFrame, size: tuple[float, float] = (4.6, 2.6)) -> Fig
 
 
 def slice_table_html(slices: pd.DataFrame, performance: str, model: BrowserModel | None = None,
-                     metadata_columns: Sequence[str] = ()) -> str:
+                     metadata_columns: Sequence[str] = (), unit: str = "images") -> str:
     """The slice table: problematic slices highlighted, eligible slices first, worst first."""
     name = metric_label(performance)
-    head = ["slice", "images", "share", f"mean {name}", f"worst {name}", "gap to rest", "p", "what sets it apart"]
+    head = ["slice", unit, "share", f"mean {name}", f"worst {name}", "gap to rest", "p", "what sets it apart"]
     if metadata_columns:
         head.append("metadata")
     rows = []
@@ -115,8 +115,11 @@ def audit_browser(table: SampleTable, per_image: pd.DataFrame, slices: pd.DataFr
 def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame, verdicts: Sequence[str],
                  metadata_columns: Sequence[str], bic: pd.DataFrame, n_slices_rule: str, embedder_name: str,
                  inputs: dict[str, str], threshold: float, n_gallery: int = 8, max_galleries: int = 4,
-                 title: str = "seg4seg audit") -> Path:
+                 title: str = "seg4seg audit", unit: str = "images") -> Path:
     """Write the report page to ``path`` (see the module docstring for its sections); returns ``path``.
+
+    ``unit``: what the audit counts, ``"images"`` or ``"volumes"``; for volumes the page says that each volume
+    is shown by its central ground-truth plane and how the volumes were embedded.
 
     ``model`` is the :func:`audit_browser`. Galleries: every problematic slice (at most ``max_galleries``), or the
     worst eligible slice when none is problematic, so there is always something to look at."""
@@ -127,39 +130,43 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
     problematic = slices[slices["problematic"]].sort_values("mean_perf")
     shown = [int(s) for s in problematic["slice"][:max_galleries]] or [model.failing_slice]
     name = metric_label(performance)
+    one = unit[:-1]  # "image" / "volume"
+    volumes = unit == "volumes"
 
     parts = [f"<h1>{escape(title)}</h1>",
-             f"<p class='lead'>{n} images &middot; {len(slices)} slices"
+             f"<p class='lead'>{n} {escape(unit)} &middot; {len(slices)} slices"
              f" ({escape(n_slices_rule)}) &middot; performance: {escape(name)} &middot; "
              f"embedder: {escape(embedder_name)}</p>"]
     kind = "bad" if len(problematic) else "good"
     parts.append(f"<section id='verdict'><h2>Verdict</h2><ul class='verdict {kind}'>"
                  + "".join(f"<li>{escape(v)}</li>" for v in verdicts) + "</ul>"
-                 "<p class='muted'>A slice is a group of images the model treats alike (close in the embedding and "
-                 "similar in performance). <i>Problematic</i>: at least 2 % of the images, among the worst 40 % of "
-                 "slices, and worse than the other images (a lower mean, by a medium effect at least, and "
+                 f"<p class='muted'>A slice is a group of {unit} the model treats alike (close in the embedding and "
+                 f"similar in performance). <i>Problematic</i>: at least 2 % of the {unit}, among the worst 40 % of "
+                 f"slices, and worse than the other {unit} (a lower mean, by a medium effect at least, and "
                  "significantly by ranks). The descriptors name a slice; they were "
                  "not used to find it. A slice points at a failure mode: read its members as examples, not as a "
                  "complete list.</p></section>")
     parts.append(f"<section id='slices'><h2>Slices</h2>"
-                 f"{slice_table_html(slices, performance, model, metadata_columns)}</section>")
+                 f"{slice_table_html(slices, performance, model, metadata_columns, unit)}</section>")
     parts.append("<section id='map'><h2>Map</h2>"
                  + img_tag(model.overview(["slice", performance]), "map coloured by slice and by performance", 100)
-                 + "<p class='muted'>Each dot is an image, placed by a 2-d UMAP of the 8-d UMAP embedding the slicer "
+                 + f"<p class='muted'>Each dot is {'a volume' if volumes else 'an image'}, placed by a 2-d UMAP of the 8-d UMAP embedding the slicer "
                  "saw; numbers mark slice centres.</p></section>")
     gal = []
     for s in shown:
         row = slices.set_index("slice").loc[s]
-        gal.append(f"<div class='s4s-gallery' data-slice='{s}'><h3>Slice {s}: {int(row['size'])} images, mean "
+        gal.append(f"<div class='s4s-gallery' data-slice='{s}'><h3>Slice {s}: {int(row['size'])} {unit}, mean "
                    f"{escape(name)} {_fmt(row['mean_perf'], '.2f')}</h3>"
                    f"<p>{escape(str(row['description']))}</p>"
                    + (explanation_html(model, s) if metadata_columns else "")
                    + img_tag(model.gallery(s, min(n_gallery, int(row["size"]))), f"gallery of slice {s}", 90)
                    + "</div>")
     heading = "The worst slices" if len(problematic) else "The worst slice (not significantly worse)"
+    shown_as = (" Each volume is shown by its central ground-truth plane (the axial plane holding the median "
+                "ground-truth voxel); its number is the whole volume's." if volumes else "")
     parts.append(f"<section id='galleries'><h2>{heading}</h2><p class='muted'>Members most typical of the slice "
-                 "first; ground truth in cyan, prediction in pink; the number is the image's "
-                 f"{escape(name)}.</p>{''.join(gal)}</section>")
+                 f"first; ground truth in cyan, prediction in pink; the number is the {one}'s "
+                 f"{escape(name)}.{shown_as}</p>{''.join(gal)}</section>")
     k_bic = int(bic.loc[bic["chosen"], "n_slices"].iat[0])
     parts.append("<section id='n-slices'><h2>How many slices</h2>" + img_tag(bic_figure(bic), "BIC curve", 100)
                  + f"<p class='muted'>This audit used {len(slices)} slices ({escape(n_slices_rule)}). The curve is the "
@@ -172,8 +179,12 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
                  f"<li>Images: <code>{escape(inputs['images'])}</code>; ground truth: "
                  f"<code>{escape(inputs['masks'])}</code>; predictions: <code>{escape(inputs['predictions'])}"
                  "</code>.</li>"
-                 f"<li>Embedder: {escape(embedder_name)}. Embeddings reduced to 8 dimensions by UMAP, then sliced by "
-                 "a Gaussian mixture whose likelihood also weighs each image's performance (SEG4SEG, after DOMINO)."
+                 + ("<li>Volumes: metrics with the voxel spacing (surface Dice at 1 mm and HD95 in mm too, in "
+                    "per_image.csv); each volume embedded as the mean of the 2-D embeddings of 3 axial planes "
+                    "through its ground truth (at its voxel quantiles 1/6, 1/2, 5/6); the descriptors are the 3-D "
+                    "ones.</li>" if volumes else "")
+                 + f"<li>Embedder: {escape(embedder_name)}. Embeddings reduced to 8 dimensions by UMAP, then sliced by "
+                 f"a Gaussian mixture whose likelihood also weighs each {one}'s performance (SEG4SEG, after DOMINO)."
                  "</li>"
                  f"<li>Probabilistic predictions are thresholded at {threshold:g} for Dice, IoU, PPV and NPV.</li>"
                  "<li>Tables beside this page: " + ", ".join(f"<a href='{f}'>{f}</a>" for f in files) + ".</li>"

@@ -21,6 +21,10 @@ It needs no training and no label for the failure; each step is the project's ow
    the metadata when a CSV is given. Descriptors and metadata only *name* slices: they never enter the slicer.
 5. **Report** (:mod:`seg4seg_utils.report.audit_report`): one self-contained HTML page and CSV tables in ``OUT``.
 
+**Volumes** (NIfTI, nnU-Net, MONAI datalists): the same stages, one row per volume; what differs (pairing,
+spacing-aware metrics, 3-D descriptors, a representative plane for the galleries, planes pooled for the
+embedding) is in :mod:`seg4seg_utils.studies.audit_volumes`.
+
 Re-running on the same folders reuses the per-image table, the embeddings and the reductions cached in
 ``OUT/work``; nothing is written outside ``OUT``. An ``OUT`` that holds something else, or an audit of other
 folders, is refused rather than overwritten.
@@ -234,21 +238,22 @@ def problematic_slices(labels: np.ndarray, scores: np.ndarray, slice_table: pd.D
     return t
 
 
-def verdict_sentences(slices: pd.DataFrame, n_images: int, performance: str) -> list[str]:
-    """One sentence per problematic slice, worst first (or one sentence saying there is none)."""
+def verdict_sentences(slices: pd.DataFrame, n_images: int, performance: str, unit: str = "images") -> list[str]:
+    """One sentence per problematic slice, worst first (or one sentence saying there is none); ``unit``: what
+    the audit counts ("images" or "volumes")."""
     from seg4seg_utils.report.browser.model import metric_label
 
     name = metric_label(performance)
     bad = slices[slices["problematic"]].sort_values("mean_perf")
     if bad.empty:
-        return [f"No slice of at least 2 % of the {n_images} images performs clearly worse than the rest (a lower "
+        return [f"No slice of at least 2 % of the {n_images} {unit} performs clearly worse than the rest (a lower "
                 f"mean {name} by a standardised gap of {MIN_EFFECT} or more, and significantly by ranks: one-sided "
                 f"Mann-Whitney, Bonferroni, alpha = {ALPHA}): no systematic failure found."]
     out = []
     for _, r in bad.iterrows():
         rest = r["mean_perf"] + r["gap"]
-        out.append(f"Slice {int(r['slice'])} ({int(r['size'])} images, {r['size'] / n_images:.1%}): mean {name} "
-                   f"{r['mean_perf']:.2f} against {rest:.2f} for the other images (p = {r['p_value']:.1g}); "
+        out.append(f"Slice {int(r['slice'])} ({int(r['size'])} {unit}, {r['size'] / n_images:.1%}): mean {name} "
+                   f"{r['mean_perf']:.2f} against {rest:.2f} for the other {unit} (p = {r['p_value']:.1g}); "
                    f"{r['description']}.")
     return out
 
@@ -260,13 +265,20 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> float:
     return now
 
 
-def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str | os.PathLike,
+def audit(images: str | os.PathLike | None, masks: str | os.PathLike | None, predictions: str | os.PathLike,
           out: str | os.PathLike = "audit", *, metadata: str | os.PathLike | pd.DataFrame | None = None,
           n_slices: int | str = DEFAULT_N_SLICES, performance: Sequence[str] = ("dice",),
           clip_weights: str | None = None, threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
           candidates: Sequence[int] = DEFAULT_CANDIDATES, embedder: Any = None, n_gallery: int = 8,
-          max_galleries: int = 4, n_jobs: int = 2, progress: bool = True) -> AuditResult:
+          max_galleries: int = 4, n_jobs: int = 2, progress: bool = True, datalist: str | os.PathLike | None = None,
+          datalist_key: str = "test") -> AuditResult:
     """Audit a segmentation model from three folders; writes ``out/report.html`` and CSVs, returns the result.
+
+    Volumes: when the folders hold NIfTI files (``.nii``/``.nii.gz``), or ``images`` is an nnU-Net raw dataset
+    or its ``imagesTs`` folder (``masks`` may then be None: ``labelsTs`` beside it), or a MONAI/decathlon
+    ``datalist`` JSON is given (``images`` and ``masks`` None; its ``datalist_key`` list), the audit runs on
+    volumes: :mod:`seg4seg_utils.studies.audit_volumes` pairs, scores, describes and embeds the cases, and the
+    stages below are the same. ``per_image.csv`` then has one row per volume.
 
     ``n_slices``: a number (default 10), or ``"auto"`` (the BIC minimum over ``candidates``; the curve is computed
     and reported either way). ``performance``: the per-image
@@ -274,13 +286,16 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     soft_dice (soft predictions only) or a per-class ``dice_<label>``. ``metadata``: an optional CSV (or DataFrame)
     with an ``id`` column; it only names slices. ``embedder``: an :class:`~seg4seg_utils.discovery.embed.Embedder`
     to use instead of the default (tests, notebooks that already built one). ``n_jobs``: processes that read and
-    describe the images (never changes a result).
+    describe the images (never changes a result); ``n_slices``, ``performance`` (also ``surface_dice`` for
+    volumes) and the rest mean the same for volumes.
     """
     from seg4seg_utils.discovery.descriptors import (DESCRIPTORS, SOFT_DESCRIPTORS, contrast_slices, describe_slice,
                                                      top_descriptor)
     from seg4seg_utils.discovery.embed import default_embedder, embed_dataset, performance_matrix
     from seg4seg_utils.discovery.judge import SlicerSettings, choose_n_slices, fit_and_judge, reduced
     from seg4seg_utils.report.audit_report import audit_browser, write_report
+    from seg4seg_utils.studies.audit_volumes import (embed_volumes, is_volume_input, pair_volume_inputs,
+                                                     performance_names, score_and_describe_volumes, volume_words)
 
     timings: dict[str, float] = {}
     t0 = t_start = time.perf_counter()
@@ -294,44 +309,63 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
         raise ValueError(f"n_slices must be 'auto' or an integer >= 2, got {n_slices!r}")
 
     # 1. read and check the folders, before anything is written
-    pairs = pair_folders(images, masks, predictions)
+    volumes = datalist is not None or is_volume_input(images, masks, predictions)
+    unit = "volumes" if volumes else "images"
+    if volumes:
+        vin = pair_volume_inputs(images, masks, predictions, datalist, datalist_key)
+        pairs, inputs = vin.pairs, vin.inputs
+    else:
+        if images is None or masks is None:
+            raise DatasetError("the images and ground-truth folders are needed (--images, --masks).")
+        pairs = pair_folders(images, masks, predictions)
+        inputs = {k: str(Path(v).resolve()) for k, v in (("images", images), ("masks", masks),
+                                                          ("predictions", predictions))}
     n = len(pairs)
     if n < MIN_IMAGES:
-        raise DatasetError(f"only {n} image(s) with a mask and a prediction; an audit needs at least {MIN_IMAGES} "
-                           "(slices of 2 % of the test set would be single images).")
+        raise DatasetError(f"only {n} {unit[:-1]}(s) with a mask and a prediction; an audit needs at least "
+                           f"{MIN_IMAGES} (slices of 2 % of the test set would be single {unit}).")
     if n_slices != "auto" and 2 * int(n_slices) > n:
-        raise DatasetError(f"{n} images but --n-slices {n_slices}: need at least two images per slice "
+        raise DatasetError(f"{n} {unit} but --n-slices {n_slices}: need at least two {unit} per slice "
                            f"(use at most {n // 2}, or 'auto').")
     meta = None
     if metadata is not None:
         meta = metadata if isinstance(metadata, pd.DataFrame) else read_metadata(metadata, pairs["id"].tolist())
-    inputs = {k: str(Path(v).resolve()) for k, v in (("images", images), ("masks", masks),
-                                                      ("predictions", predictions))}
     _check_out(out, inputs)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = folder_fingerprint(pairs)
+    fingerprint = vin.fingerprint() if volumes else folder_fingerprint(pairs)
     _write_json(out / AUDIT_FILE, {"format": AUDIT_FORMAT, "inputs": inputs, "fingerprint": fingerprint,
                                    "status": "running"})
     t0 = _stage(timings, "read and pair files", t0)
 
     # 2. one pass over the images: metrics and descriptors (cached for the same files and threshold)
     dataset = out / "work" / "dataset"
-    config = {"audit_format": AUDIT_FORMAT, **inputs, "fingerprint": fingerprint, "threshold": threshold}
+    config = {"audit_format": AUDIT_FORMAT, **inputs, "fingerprint": fingerprint, "threshold": threshold,
+              **(vin.config() if volumes else {})}
     if (dataset / "dataset.json").is_file() and \
             json.loads((dataset / "dataset.json").read_text()).get("config", {}) != config:
         shutil.rmtree(dataset)  # our own cache of an earlier run on files that changed since: recompute
-    table, per_image = score_and_describe(pairs, dataset, config, threshold, progress, n_jobs)
-    missing = [p for p in performance if p not in per_image.columns]
-    if missing:
+    if volumes:
+        table, per_image = score_and_describe_volumes(vin, dataset, config, progress, n_jobs)
+        numeric = performance_names(per_image.columns)
+        missing = [p for p in performance if p not in numeric]
+    else:
+        table, per_image = score_and_describe(pairs, dataset, config, threshold, progress, n_jobs)
         numeric = [c for c in per_image.columns if c.startswith(("dice", "iou", "ppv", "npv", "soft_dice"))]
-        raise ValueError(f"unknown performance score(s) {missing}; available here: {numeric}")
+        missing = [p for p in performance if p not in per_image.columns]
+    if missing:
+        raise ValueError(f"unknown performance score(s) {missing}; available here: {numeric}"
+                         + (" (hd95 is a distance, higher = worse: not a score the slicer weighs)"
+                            if any(str(m).startswith("hd95") for m in missing) else ""))
     t0 = _stage(timings, "metrics and descriptors", t0)
 
     # 3. embed, reduce, slice: never reads the descriptors or the metadata
     if embedder is None:
         embedder = default_embedder(clip_weights)
     cache = out / "work" / "cache"
-    emb = embed_dataset(table, embedder, "x0", split="test", cache_dir=cache / "embeddings", progress=progress)
+    if volumes:  # one vector per volume: its planes through the ground truth, embedded and pooled
+        emb = embed_volumes(table, embedder, cache / "embeddings", progress)
+    else:
+        emb = embed_dataset(table, embedder, "x0", split="test", cache_dir=cache / "embeddings", progress=progress)
     t0 = _stage(timings, "embedding", t0)
     settings = SlicerSettings(gamma=gamma)
     Z = reduced(emb.X, settings, seed, cache / "reduced")
@@ -349,7 +383,7 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
 
     # 4. name the slices: descriptors (and metadata) against the rest
     # descriptors name slices; with probability outputs the model's uncertainty joins them (in the error family)
-    words = pd.concat([DESCRIPTORS, SOFT_DESCRIPTORS])
+    words = volume_words() if volumes else pd.concat([DESCRIPTORS, SOFT_DESCRIPTORS])
     contrast = contrast_slices(per_image[[c for c in words.index if c in per_image.columns]], labels, words=words)
     slices = problematic_slices(labels, Y[:, 0], report.table)
     slices["share"] = slices["size"] / n
@@ -362,7 +396,7 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     per_image.insert(2, "slice_probability", slicer.proba_[np.arange(n), labels])
     if meta is not None:
         per_image = per_image.merge(meta, on="id", how="left", validate="one_to_one")
-    verdicts = verdict_sentences(slices, n, performance[0])
+    verdicts = verdict_sentences(slices, n, performance[0], unit)
     t0 = _stage(timings, "describe slices", t0)
 
     # 5. tables and the report
@@ -386,7 +420,7 @@ def audit(images: str | os.PathLike, masks: str | os.PathLike, predictions: str 
     rule = "chosen by BIC" if n_slices == "auto" else ("the default" if k == DEFAULT_N_SLICES else "given")
     write_report(paths["report"], browser, slices=slices, verdicts=verdicts, metadata_columns=meta_cols, bic=bic,
                  n_slices_rule=rule, embedder_name=emb.embedder_name, inputs=inputs, threshold=threshold,
-                 n_gallery=n_gallery, max_galleries=max_galleries)
+                 n_gallery=n_gallery, max_galleries=max_galleries, unit=unit)
     t0 = _stage(timings, "tables and report", t0)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     pd.DataFrame({"stage": list(timings), "seconds": list(timings.values())}).to_csv(paths["timing"], index=False)
