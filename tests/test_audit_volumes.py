@@ -177,3 +177,29 @@ def test_datalist_pairs_the_same_cases(phantoms, tmp_path, patched, audited):
     again = pd.read_csv(out / "per_image.csv", dtype={"id": str}).set_index("id").sort_index()
     assert list(again.index) == list(first.index)
     assert np.allclose(again["dice"], first["dice"]) and np.allclose(again["hd95"], first["hd95"])
+
+
+def test_rerun_reuses_the_cached_volumes(audited, phantoms, patched):
+    out, _ = audited
+    before = (out / "per_image.csv").read_text()
+    assert main(_argv(phantoms, out)) == 0
+    assert (out / "per_image.csv").read_text() == before
+    assert len(list((out / "work" / "cache" / "embeddings").glob("*.npy"))) == 1
+    timings = json.loads((out / "audit.json").read_text())["timings_s"]
+    assert timings["metrics and descriptors"] < 1.0 and timings["embedding"] < 1.0
+
+
+def test_plain_nifti_folders_and_nnunet_pair_alike(phantoms, tmp_path):
+    from seg4seg_utils.studies.audit_volumes import pair_volume_inputs
+
+    plain = tmp_path / "scans"  # no dataset.json beside it: plain folders, labels not bounded
+    shutil.copytree(phantoms / "imagesTs", plain)
+    a = pair_volume_inputs(plain, phantoms / "labelsTs", phantoms / "predictions")
+    b = pair_volume_inputs(phantoms / "imagesTs", None, phantoms / "predictions")
+    assert list(a.pairs["id"]) == list(b.pairs["id"]) and len(a.pairs) == N
+    assert a.label_values is None and b.label_values == [0, 1, 2] and a.channel == b.channel == 0
+
+
+def test_cli_needs_images_or_a_datalist(tmp_path, capsys):
+    assert main(["audit", "--predictions", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "--datalist" in capsys.readouterr().err
