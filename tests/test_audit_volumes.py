@@ -169,7 +169,7 @@ def test_datalist_pairs_the_same_cases(phantoms, tmp_path, patched, audited):
         out = tmp_path / "out"
         code = main(["audit", "--datalist", str(datalist), "--datalist-key", "validation", "--predictions",
                      str(phantoms / "predictions"), "--out", str(out), "--n-slices", "3", "--no-progress",
-                     "--jobs", "1"])
+                     "--jobs", "2"])  # worker processes: the same values as the one-process audit
     finally:
         datalist.unlink()
     assert code == 0
@@ -203,3 +203,25 @@ def test_plain_nifti_folders_and_nnunet_pair_alike(phantoms, tmp_path):
 def test_cli_needs_images_or_a_datalist(tmp_path, capsys):
     assert main(["audit", "--predictions", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "--datalist" in capsys.readouterr().err
+
+
+def test_multichannel_cases_show_and_embed_the_preferred_channel(phantoms, tmp_path):
+    """dataset.json names channels ADC, T2: the T2 channel (1) is the one pictured and embedded."""
+    from seg4seg_utils.studies.audit_volumes import VolumeInputs, score_and_describe_volumes
+
+    rows = []
+    for case in ("case_000", "case_001"):
+        img = nib.load(phantoms / "imagesTs" / f"{case}_0000.nii.gz")
+        noise = np.random.default_rng(0).normal(size=img.shape).astype(np.float32)
+        files = [tmp_path / f"{case}_0000.nii.gz", tmp_path / f"{case}_0001.nii.gz"]
+        nib.save(nib.Nifti1Image(noise, img.affine), files[0])
+        nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), files[1])
+        rows.append({"id": case, "images": [str(f) for f in files],
+                     "mask": str(phantoms / "labelsTs" / f"{case}.nii.gz"),
+                     "prediction": str(phantoms / "predictions" / f"{case}.nii.gz")})
+    vin = VolumeInputs(pd.DataFrame(rows), {}, [0, 1, 2], channel=1, channel_names=["ADC", "T2"])
+    table, per = score_and_describe_volumes(vin, tmp_path / "ds", {"test": 1}, progress=False, n_jobs=1)
+    assert list(per["id"]) == ["case_000", "case_001"] and len(table) == 2
+    image = nib.load(phantoms / "imagesTs" / "case_000_0000.nii.gz").get_fdata(dtype=np.float32)
+    truth = np.asarray(nib.load(phantoms / "labelsTs" / "case_000.nii.gz").dataobj)
+    assert np.array_equal(read_image(tmp_path / "ds" / "images" / "case_000.png"), volume_planes(image, truth, 1)[0])

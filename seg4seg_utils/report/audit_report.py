@@ -150,7 +150,8 @@ def write_report(path: str | Path, model: SliceBrowser, *, slices: pd.DataFrame,
                  f"{slice_table_html(slices, performance, model, metadata_columns, unit)}</section>")
     parts.append("<section id='map'><h2>Map</h2>"
                  + img_tag(model.overview(["slice", performance]), "map coloured by slice and by performance", 100)
-                 + f"<p class='muted'>Each dot is {'a volume' if volumes else 'an image'}, placed by a 2-d UMAP of the 8-d UMAP embedding the slicer "
+                 + f"<p class='muted'>Each dot is {'a volume' if volumes else 'an image'}, placed by a 2-d UMAP of "
+                 "the 8-d UMAP embedding the slicer "
                  "saw; numbers mark slice centres.</p></section>")
     gal = []
     for s in shown:

@@ -259,7 +259,8 @@ def embed_volumes(table: SampleTable, embedder: Any, cache_dir: str | os.PathLik
     if cache_dir is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        stem = f"{slug(Path(table.root).name)}_test_volume-planes{n_planes}_{slug(embedder.key_name)}_{config_hash(key)}"
+        stem = (f"{slug(Path(table.root).name)}_test_volume-planes{n_planes}_{slug(embedder.key_name)}_"
+                f"{config_hash(key)}")
         npy, sidecar = cache / f"{stem}.npy", cache / f"{stem}.json"
         X, why = load_cache(npy, sidecar, key, ids, embedder.dim)
         if X is not None:
