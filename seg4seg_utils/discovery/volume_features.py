@@ -102,7 +102,7 @@ from skimage import measure, segmentation, transform
 from seg4seg_utils.discovery.descriptors import DESCRIPTORS, error_descriptors
 
 __all__ = ["VOLUME_DESCRIPTORS", "VOLUME_DESCRIPTOR_NAMES", "describe_volume", "intensity_window", "volume_planes",
-           "planes_from_axes", "embed_volume", "plane_montage"]
+           "central_plane_index", "planes_from_axes", "embed_volume", "plane_montage"]
 
 
 def _shared(name: str, unit: str, explanation: str, new_name: str | None = None) -> tuple:
@@ -341,13 +341,24 @@ def _to_uint8(plane: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 def _plane_indices(roi: np.ndarray, n_planes: int, axis: int) -> list[int]:
     """The ``n_planes`` indices along ``axis``: the ROI's voxel quantiles, else evenly spread centre planes."""
     length = roi.shape[axis]
-    counts = roi.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+    counts = np.asarray(roi > 0).sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
     total = int(counts.sum())
     shares = (np.arange(n_planes) + 0.5) / n_planes
     if total == 0:
         return [min(int(q * length), length - 1) for q in shares]
     # the first index where the cumulative count reaches the share: always a plane holding ROI voxels
     return [int(i) for i in np.searchsorted(np.cumsum(counts), shares * total, side="left")]
+
+
+def central_plane_index(roi: np.ndarray, axis: int = 2) -> int:
+    """The index along ``axis`` of the plane holding the ROI's median voxel: the plane ``volume_planes`` returns
+    with one plane (the volume's central plane for an empty ROI)."""
+    roi = np.asarray(roi)
+    if roi.ndim != 3:
+        raise ValueError(f"roi must be 3-D, got shape {roi.shape}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+    return _plane_indices(roi, 1, axis)[0]
 
 
 def _resampled(plane: np.ndarray, in_plane: tuple[float, float] | None, order: int) -> np.ndarray:

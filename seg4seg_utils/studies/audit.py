@@ -271,7 +271,7 @@ def audit(images: str | os.PathLike | None, masks: str | os.PathLike | None, pre
           clip_weights: str | None = None, threshold: float = 0.5, gamma: float = 10.0, seed: int = 0,
           candidates: Sequence[int] = DEFAULT_CANDIDATES, embedder: Any = None, n_gallery: int = 8,
           max_galleries: int = 4, n_jobs: int = 2, progress: bool = True, datalist: str | os.PathLike | None = None,
-          datalist_key: str = "test") -> AuditResult:
+          datalist_key: str = "test", volume_planes: str = "axial3-mean") -> AuditResult:
     """Audit a segmentation model from three folders; writes ``out/report.html`` and CSVs, returns the result.
 
     Volumes: when the folders hold NIfTI files (``.nii``/``.nii.gz``), or ``images`` is an nnU-Net raw dataset
@@ -287,7 +287,10 @@ def audit(images: str | os.PathLike | None, masks: str | os.PathLike | None, pre
     with an ``id`` column; it only names slices. ``embedder``: an :class:`~seg4seg_utils.discovery.embed.Embedder`
     to use instead of the default (tests, notebooks that already built one). ``n_jobs``: processes that read and
     describe the images (never changes a result); ``n_slices``, ``performance`` (also ``surface_dice`` for
-    volumes) and the rest mean the same for volumes.
+    volumes) and the rest mean the same for volumes. ``volume_planes`` (volumes only): which planes of a case the
+    embedder sees and how they are pooled, one of :data:`~seg4seg_utils.studies.audit_volumes.VOLUME_PLANES`
+    (default ``"axial3-mean"``: 3 axial planes through the ground truth, mean-pooled; the alternatives are for
+    comparing them, :mod:`seg4seg_utils.studies.volume_study`); cached separately per alternative.
     """
     from seg4seg_utils.discovery.descriptors import (DESCRIPTORS, SOFT_DESCRIPTORS, contrast_slices, describe_slice,
                                                      top_descriptor)
@@ -312,7 +315,7 @@ def audit(images: str | os.PathLike | None, masks: str | os.PathLike | None, pre
     volumes = datalist is not None or is_volume_input(images, masks, predictions)
     unit = "volumes" if volumes else "images"
     if volumes:
-        vin = pair_volume_inputs(images, masks, predictions, datalist, datalist_key)
+        vin = pair_volume_inputs(images, masks, predictions, datalist, datalist_key, volume_planes)
         pairs, inputs = vin.pairs, vin.inputs
     else:
         if images is None or masks is None:

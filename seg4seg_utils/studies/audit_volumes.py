@@ -51,11 +51,12 @@ from tqdm.auto import tqdm
 
 from seg4seg_utils.data.folders import folder_fingerprint
 from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, config_hash, read_image, write_png
+from seg4seg_utils.discovery.volume_features import central_plane_index  # re-exported: the plane rule's home
 from seg4seg_utils.data.volumes import (case_name, check_case, embedding_channel, pair_datalist, pair_nnunet,
                                         pair_volume_folders, read_dataset_json, read_image_channels,
                                         read_label_volume)
 
-__all__ = ["N_PLANES", "PLANE_AXIS", "POOL", "VolumeInputs", "is_volume_input", "pair_volume_inputs",
+__all__ = ["N_PLANES", "PLANE_AXIS", "POOL", "DEFAULT_VOLUME_PLANES", "VOLUME_PLANES", "VolumeInputs", "is_volume_input", "pair_volume_inputs",
            "score_and_describe_volumes", "embed_volumes", "central_plane_index", "volume_words", "performance_names"]
 
 #: planes per case the embedder sees (at the ground truth's voxel quantiles (k + 0.5) / N_PLANES)
@@ -65,6 +66,24 @@ PLANE_AXIS = 2
 #: how the planes' embeddings become the case's vector
 POOL = "mean"
 _CACHE_FORMAT = 1
+#: the embedding alternatives (``audit(volume_planes=...)``): name -> (planes per axis, axes, pooling). The default
+#: is the rule above (3 axial planes through the truth, mean-pooled); the others exist to be compared with it
+#: (:mod:`seg4seg_utils.studies.volume_study`): ``axial1`` the central axial plane only, ``axial3-max`` the same 3
+#: planes max-pooled, ``axes3-mean`` one central plane per axis (``planes_from_axes``: axial, coronal, sagittal)
+#: mean-pooled. Every plane goes through the ground truth (its voxel quantiles), resampled to square pixels.
+VOLUME_PLANES: dict[str, tuple[int, tuple[int, ...], str]] = {
+    "axial3-mean": (N_PLANES, (PLANE_AXIS,), POOL),
+    "axial1": (1, (PLANE_AXIS,), "mean"),
+    "axial3-max": (N_PLANES, (PLANE_AXIS,), "max"),
+    "axes3-mean": (1, (2, 1, 0), "mean"),
+}
+DEFAULT_VOLUME_PLANES = "axial3-mean"
+
+
+def _check_planes(name: str) -> tuple[int, tuple[int, ...], str]:
+    if name not in VOLUME_PLANES:
+        raise ValueError(f"volume_planes must be one of {sorted(VOLUME_PLANES)}, got {name!r}")
+    return VOLUME_PLANES[name]
 
 
 @dataclass
@@ -80,6 +99,7 @@ class VolumeInputs:
     label_values: list[int] | None
     channel: int
     channel_names: list[str] | None = None
+    planes: str = DEFAULT_VOLUME_PLANES  # the embedding alternative (VOLUME_PLANES)
 
     def fingerprint(self) -> str:
         """folder_fingerprint over every channel file, the truth and the prediction of every case."""
@@ -92,8 +112,12 @@ class VolumeInputs:
         return digest
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "volumes", "label_values": self.label_values, "channel": self.channel,
-                "n_planes": N_PLANES, "plane_axis": PLANE_AXIS}
+        config = {"kind": "volumes", "label_values": self.label_values, "channel": self.channel,
+                  "n_planes": N_PLANES, "plane_axis": PLANE_AXIS}
+        if self.planes != DEFAULT_VOLUME_PLANES:  # the default's key stays what it was
+            per_axis, axes, _ = _check_planes(self.planes)
+            config.update(volume_planes=self.planes, n_planes=per_axis * len(axes))
+        return config
 
 
 # ------------------------------------------------------------------------------------------ pairing
@@ -127,8 +151,10 @@ def _label_info(dataset: dict[str, Any] | None) -> tuple[list[int] | None, int, 
 
 def pair_volume_inputs(images: str | os.PathLike | None, masks: str | os.PathLike | None,
                        predictions: str | os.PathLike, datalist: str | os.PathLike | None = None,
-                       datalist_key: str = "test") -> VolumeInputs:
-    """Pair the cases (module docstring, step 1); raises the readers' DatasetError on any mismatch."""
+                       datalist_key: str = "test", planes: str = DEFAULT_VOLUME_PLANES) -> VolumeInputs:
+    """Pair the cases (module docstring, step 1); raises the readers' DatasetError on any mismatch. ``planes``:
+    the embedding alternative (:data:`VOLUME_PLANES`), recorded for the later steps."""
+    _check_planes(planes)
     if predictions is None:
         raise DatasetError("the predictions folder is needed (--predictions).")
     dataset_json = None
@@ -165,25 +191,15 @@ def pair_volume_inputs(images: str | os.PathLike | None, masks: str | os.PathLik
     if dataset_json:
         inputs["dataset_json"] = dataset_json
     label_values, channel, names = _label_info(dataset)
-    return VolumeInputs(pairs, inputs, label_values, channel, names)
+    return VolumeInputs(pairs, inputs, label_values, channel, names, planes)
 
 
 # ------------------------------------------------------------------------------------------ per case
-def central_plane_index(roi: np.ndarray, axis: int = PLANE_AXIS) -> int:
-    """The index along ``axis`` of the plane holding the ROI's median voxel (the rule of ``volume_planes`` with
-    one plane); the volume's central plane for an empty ROI."""
-    counts = np.asarray(roi > 0).sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
-    total = int(counts.sum())
-    if total == 0:
-        return min(int(0.5 * roi.shape[axis]), roi.shape[axis] - 1)
-    return int(np.searchsorted(np.cumsum(counts), 0.5 * total, side="left"))
-
-
 def _score_volume_chunk(chunk: list[tuple[str, list[str], str, str]], label_values: list[int] | None,
-                        channel: int) -> list[tuple]:
+                        channel: int, planes_name: str = DEFAULT_VOLUME_PLANES) -> list[tuple]:
     """Read, check, score, describe and cut planes of a few cases (one joblib task), one case in memory at a
     time: (id, gallery plane, truth plane, predicted plane, embedding planes, row) each."""
-    from seg4seg_utils.discovery.volume_features import describe_volume, volume_planes
+    from seg4seg_utils.discovery.volume_features import describe_volume, planes_from_axes, volume_planes
     from seg4seg_utils.model.volume_metrics import volume_metrics
 
     foreground = None if label_values is None else [v for v in label_values if v > 0] or None
@@ -199,7 +215,11 @@ def _score_volume_chunk(chunk: list[tuple[str, list[str], str, str]], label_valu
                **describe_volume(arr, image.spacing, t, p)}
         i = central_plane_index(t)
         shown = volume_planes(arr, t, 1, axis=PLANE_AXIS)[0]  # native pixels: the label planes overlay it 1:1
-        planes = volume_planes(arr, t, N_PLANES, axis=PLANE_AXIS, spacing=image.spacing)
+        per_axis, axes, _ = _check_planes(planes_name)
+        if len(axes) == 1:
+            planes = volume_planes(arr, t, per_axis, axis=axes[0], spacing=image.spacing)
+        else:  # planes_from_axes: axial, coronal, sagittal
+            planes = planes_from_axes(arr, t, per_axis, spacing=image.spacing)
         out.append((sid, shown, np.take(t, i, axis=PLANE_AXIS), np.take(p, i, axis=PLANE_AXIS), planes, row))
         del image, truth, pred, arr, t, p
     return out
@@ -222,7 +242,7 @@ def score_and_describe_volumes(vin: VolumeInputs, dataset: Path, config: dict[st
         bar = tqdm(total=len(items), desc="score and describe", unit="volume", disable=not progress)
         runner = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator")
         try:
-            for done in runner(delayed(_score_volume_chunk)(c, vin.label_values, vin.channel) for c in chunks):
+            for done in runner(delayed(_score_volume_chunk)(c, vin.label_values, vin.channel, vin.planes) for c in chunks):
                 for sid, shown, truth, labels, planes, row in done:
                     multiclass |= bool(truth.max() > 1 or labels.max() > 1)
                     write_png(labels, writer.staging / "predictions" / f"{sid}.png")
@@ -235,7 +255,10 @@ def score_and_describe_volumes(vin: VolumeInputs, dataset: Path, config: dict[st
             bar.close()
         writer.mask_kind = "multiclass" if multiclass else "binary"
         pd.DataFrame(rows).to_csv(writer.staging / "per_image.csv", index=False)
-        return {"kind": "audit-volumes", "n_planes": N_PLANES, "plane_axis": PLANE_AXIS}
+        meta = {"kind": "audit-volumes", "n_planes": N_PLANES, "plane_axis": PLANE_AXIS}
+        if vin.planes != DEFAULT_VOLUME_PLANES:
+            meta.update(volume_planes=vin.planes, n_planes=int(config["n_planes"]))
+        return meta
 
     table = build_dataset(dataset, config, build, validate="none")
     return table, pd.read_csv(dataset / "per_image.csv", dtype={"id": str})
@@ -252,14 +275,19 @@ def embed_volumes(table: SampleTable, embedder: Any, cache_dir: str | os.PathLik
     sub = table.split("test")
     ids = sub.df["id"].astype(str).tolist()
     n_planes = int(table.meta.get("n_planes", N_PLANES))
-    key = {"format": _CACHE_FORMAT, **embedder.key_fields(), "variant": f"volume-planes{n_planes}-{POOL}",
+    planes_name = str(table.meta.get("volume_planes", DEFAULT_VOLUME_PLANES))
+    pool = _check_planes(planes_name)[2]
+    variant = f"volume-planes{n_planes}-{pool}" if planes_name == DEFAULT_VOLUME_PLANES else \
+        f"volume-planes-{planes_name}"  # the default's key is unchanged; an alternative's names it
+    key = {"format": _CACHE_FORMAT, **embedder.key_fields(), "variant": variant,
            "plane_axis": int(table.meta.get("plane_axis", PLANE_AXIS)),
            "dataset": table.meta.get("config_hash") or str(Path(table.root).resolve()), "split": "test"}
     npy = sidecar = None
     if cache_dir is not None:
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
-        stem = (f"{slug(Path(table.root).name)}_test_volume-planes{n_planes}_{slug(embedder.key_name)}_"
+        tag = f"planes{n_planes}" if planes_name == DEFAULT_VOLUME_PLANES else slug(planes_name)
+        stem = (f"{slug(Path(table.root).name)}_test_volume-{tag}_{slug(embedder.key_name)}_"
                 f"{config_hash(key)}")
         npy, sidecar = cache / f"{stem}.npy", cache / f"{stem}.json"
         X, why = load_cache(npy, sidecar, key, ids, embedder.dim)
@@ -272,7 +300,7 @@ def embed_volumes(table: SampleTable, embedder: Any, cache_dir: str | os.PathLik
     vectors = []
     for sid in tqdm(ids, desc="embed volumes", unit="volume", disable=not progress, leave=False):
         planes = [read_image(table.path(f"planes/{sid}_{k}.png")) for k in range(n_planes)]
-        vectors.append(embed_volume(embedder, planes, pool=POOL))
+        vectors.append(embed_volume(embedder, planes, pool=pool))
     X = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
     seconds = time.perf_counter() - t0
     if X.shape != (len(ids), embedder.dim):
