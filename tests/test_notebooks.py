@@ -15,7 +15,7 @@ OWN_PARAMETERS = {  # a notebook declares the shared parameters it uses, PRESET 
     "08": {"IMAGES", "MASKS", "PREDICTIONS", "METADATA", "N_SLICES"},
     "09": {"CASE", "GRID", "PATCH_METRIC", "AGGREGATE"}, "10": {"CASES", "TOP_TOKENS"},
     "11": {"TRAIN_ALIGNMENT", "CUE_STRENGTH", "TEST_SHIFT"}, "12": {"CASE", "PREVALENCE", "N_SHOW"},
-    "13": {"CASE", "PREVALENCE", "SCHEDULER", "N_WORKERS"},
+    "13": {"CASE", "PREVALENCE", "SCHEDULER", "N_WORKERS"}, "14": {"N_CASES", "SIZE"},
 }
 NOTEBOOKS = notebooks()
 

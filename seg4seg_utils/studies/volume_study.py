@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 __all__ = ["PURITY_BAR", "VolumeStudySize", "VOLUME_STUDY_SIZES", "study_size", "phantom_folder",
-           "default_n_slices", "planted_detection", "summarise_detection"]
+           "default_n_slices", "audit_dir", "planted_detection", "summarise_detection"]
 
 #: a focus slice "is" the planted failure when more than this share of its members come from scanner B
 PURITY_BAR = 0.8
@@ -99,6 +99,12 @@ def phantom_folder(root: str | os.PathLike, n_cases: int, size: int, prevalence_
     return paths
 
 
+def audit_dir(paths: dict[str, Path], variant: str = "axial3-mean") -> Path:
+    """The audit folder of one embedding alternative beside a :func:`phantom_folder` dataset (a notebook's audit
+    with the default planes there is the study's, cached once)."""
+    return paths["dataset"].parent / "audits" / variant
+
+
 def _purity(result: Any, answer: pd.DataFrame) -> tuple[int, int, float]:
     """The focus slice's size, its scanner-B members and their share."""
     focus = int(result.report.focus_slice)
@@ -136,7 +142,7 @@ def planted_detection(root: str | os.PathLike, n_cases: int = 60, size: int = 48
         embedder = default_embedder(None)
     rows = []
     for variant in variants:
-        out = paths["dataset"].parent / "audits" / variant
+        out = audit_dir(paths, variant)
         for seed in seeds:
             result = audit(paths["images"], paths["masks"], paths["predictions"], out, n_slices=k, seed=int(seed),
                            embedder=embedder, n_jobs=n_jobs, progress=progress, volume_planes=variant)
