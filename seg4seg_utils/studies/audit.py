@@ -15,7 +15,7 @@ It needs no training and no label for the failure; each step is the project's ow
    protocol's label-free judgement. The number of slices is 10 by default (the paper's); the BIC curve of the
    slicer's joint likelihood is computed beside it and shown, and ``n_slices="auto"`` uses its minimum. Why not
    auto by default: BIC rewards a good density fit, not an isolated failure. On a real-HC18 model (case A at
-   10 %, 5 seeds) it chose 2 slices at 2 seeds and nothing was flagged there; with 10 slices 18-20 of the 20 test
+   10 %, 5 seeds) it chose 2 slices at 2 seeds and nothing was flagged there; with 10 slices 17-20 of the 20 test
    images without calipers fell in problematic slices at every seed.
 4. **Name** every slice by the descriptors that set it apart (effect size with a test against the rest), and by
    the metadata when a CSV is given. Descriptors and metadata only *name* slices: they never enter the slicer.
