@@ -33,8 +33,10 @@ reduce / BIC / slice / judge / name / report stages are audit()'s own, written o
 Why these planes and this pooling: the 2-D embedders see pictures, and the target is what a failure is about,
 so the planes go through the ground truth (as the ``x0*M_GT`` variant looks at the target), spread over it so a
 lesion at one end is seen; three planes along one axis cost three 2-D embeddings per case. The mean keeps what
-the planes have in common (scanner, contrast, anatomy) rather than one plane's outlier; a study of the
-alternatives (more planes, three axes, max pooling, a 3-D encoder) is left to the 3-D benchmark.
+the planes have in common (scanner, contrast, anatomy) rather than one plane's outlier. The alternatives
+(:data:`VOLUME_PLANES`: one central plane, max pooling, one plane per axis; ``audit(volume_planes=...)``) are
+compared on a planted failure by :mod:`seg4seg_utils.studies.volume_study` (notebook 14); a 3-D encoder is not
+among them.
 """
 from __future__ import annotations
 
@@ -51,13 +53,14 @@ from tqdm.auto import tqdm
 
 from seg4seg_utils.data.folders import folder_fingerprint
 from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, config_hash, read_image, write_png
-from seg4seg_utils.discovery.volume_features import central_plane_index  # re-exported: the plane rule's home
 from seg4seg_utils.data.volumes import (case_name, check_case, embedding_channel, pair_datalist, pair_nnunet,
                                         pair_volume_folders, read_dataset_json, read_image_channels,
                                         read_label_volume)
+from seg4seg_utils.discovery.volume_features import central_plane_index  # re-exported: the plane rule's home
 
-__all__ = ["N_PLANES", "PLANE_AXIS", "POOL", "DEFAULT_VOLUME_PLANES", "VOLUME_PLANES", "VolumeInputs", "is_volume_input", "pair_volume_inputs",
-           "score_and_describe_volumes", "embed_volumes", "central_plane_index", "volume_words", "performance_names"]
+__all__ = ["N_PLANES", "PLANE_AXIS", "POOL", "DEFAULT_VOLUME_PLANES", "VOLUME_PLANES", "VolumeInputs",
+           "is_volume_input", "pair_volume_inputs", "score_and_describe_volumes", "embed_volumes",
+           "central_plane_index", "volume_words", "performance_names"]
 
 #: planes per case the embedder sees (at the ground truth's voxel quantiles (k + 0.5) / N_PLANES)
 N_PLANES = 3
@@ -242,7 +245,8 @@ def score_and_describe_volumes(vin: VolumeInputs, dataset: Path, config: dict[st
         bar = tqdm(total=len(items), desc="score and describe", unit="volume", disable=not progress)
         runner = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator")
         try:
-            for done in runner(delayed(_score_volume_chunk)(c, vin.label_values, vin.channel, vin.planes) for c in chunks):
+            tasks = (delayed(_score_volume_chunk)(c, vin.label_values, vin.channel, vin.planes) for c in chunks)
+            for done in runner(tasks):
                 for sid, shown, truth, labels, planes, row in done:
                     multiclass |= bool(truth.max() > 1 or labels.max() > 1)
                     write_png(labels, writer.staging / "predictions" / f"{sid}.png")
