@@ -89,6 +89,21 @@ def test_tables_and_report_are_written(audited):
     bic = pd.read_csv(out / "n_slices_bic.csv")
     assert bic["chosen"].sum() == 1 and int(bic.loc[bic["chosen"], "n_slices"].iat[0]) == result.n_slices
     assert bic["used"].sum() == 1 and (bic["used"] == bic["chosen"]).all()  # auto: the BIC minimum is used
+    # slices: eligible first, worst mean first among them (the order the report and the verdict follow)
+    slices = pd.read_csv(out / "slices.csv")
+    eligible = slices[slices["eligible"]]
+    assert slices["eligible"].iat[0] and eligible["mean_perf"].is_monotonic_increasing
+    # the per-image scores are the metrics module's own, on the files as the user gave them
+    from seg4seg_utils.model.metrics import segmentation_metrics
+
+    data = root / "data"
+    for sid in ("img000", f"img{N - 1:03d}"):
+        truth = np.asarray(Image.open(data / "masks" / f"{sid}.png")) > 0
+        pred = np.asarray(Image.open(data / "predictions" / f"{sid}.png")) > 0
+        expected = segmentation_metrics(pred[None], truth[None])
+        row = per.set_index("id").loc[sid]
+        assert [row[m] for m in ("dice", "iou", "ppv", "npv")] == [float(expected[m][0]) for m in
+                                                                  ("dice", "iou", "ppv", "npv")]
 
 
 def test_planted_failure_is_found_and_named(audited):
