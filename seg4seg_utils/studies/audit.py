@@ -37,7 +37,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ from seg4seg_utils.data.folders import (check_same_size, folder_fingerprint, pai
 from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, write_png
 
 __all__ = ["AUDIT_FILE", "DEFAULT_N_SLICES", "DEFAULT_CANDIDATES", "MIN_IMAGES", "AuditResult", "audit",
-           "score_and_describe", "problematic_slices", "verdict_sentences", "demo_folders"]
+           "score_and_describe", "record_scored", "problematic_slices", "verdict_sentences", "demo_folders"]
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = 1
@@ -147,7 +147,8 @@ def _metrics(truth: np.ndarray, labels: np.ndarray, probability: np.ndarray | No
 
 def _score_chunk(chunk: list[tuple[str, str, str, str]], threshold: float) -> list[tuple]:
     """Read, check, score and describe a few images (one joblib task): (id, image path, ground truth labels,
-    predicted labels, row) each. A pure function of the files, so the number of workers never changes a value."""
+    predicted labels, no planes, row) each, as :func:`record_scored` takes them. A pure function of the files,
+    so the number of workers never changes a value."""
     from seg4seg_utils.discovery.descriptors import describe_image
 
     out = []
@@ -156,9 +157,37 @@ def _score_chunk(chunk: list[tuple[str, str, str, str]], threshold: float) -> li
         truth = read_label_map(mask_path)
         pred = read_prediction(pred_path, threshold)
         check_same_size(sid, image, truth, pred.labels, {"image": img_path, "mask": mask_path, "prediction": pred_path})
-        out.append((sid, img_path, truth, pred.labels, {"id": sid, **_metrics(truth, pred.labels, pred.probability),
-                                                        **describe_image(image, truth, pred.labels)}))
+        row = {"id": sid, **_metrics(truth, pred.labels, pred.probability), **describe_image(image, truth, pred.labels)}
+        out.append((sid, img_path, truth, pred.labels, (), row))
     return out
+
+
+def record_scored(writer, chunks: Iterable[list[tuple]], total: int, unit: str, progress: bool = True) -> None:
+    """Write what the per-item workers return into the record dataset being built, in order: per item (id, image
+    (a path, referenced in place, or an array), ground-truth labels, predicted labels, planes for the embedder
+    (volumes; empty for images), row of metrics and descriptors). Predictions go to ``predictions/``, planes to
+    ``planes/{id}_{k}.png``, the rows to ``per_image.csv``; the mask kind follows the labels seen. Images and
+    volumes share it (:mod:`.audit_volumes`)."""
+    rows: list[dict[str, Any]] = []
+    multiclass = False
+    (writer.staging / "predictions").mkdir(exist_ok=True)
+    bar = tqdm(total=total, desc="score and describe", unit=unit, disable=not progress)
+    try:
+        for done in chunks:
+            for sid, image, truth, labels, planes, row in done:
+                multiclass |= bool(truth.max() > 1 or labels.max() > 1)
+                write_png(labels, writer.staging / "predictions" / f"{sid}.png")
+                if len(planes):
+                    (writer.staging / "planes").mkdir(exist_ok=True)
+                for k, plane in enumerate(planes):
+                    write_png(plane, writer.staging / "planes" / f"{sid}_{k}.png")
+                writer.add(sid, "test", image, truth, "audit", prediction=f"predictions/{sid}.png")
+                rows.append(row)
+            bar.update(len(done))
+    finally:
+        bar.close()
+    writer.mask_kind = "multiclass" if multiclass else "binary"
+    pd.DataFrame(rows).to_csv(writer.staging / "per_image.csv", index=False)
 
 
 def score_and_describe(pairs: pd.DataFrame, dataset: Path, config: dict[str, Any], threshold: float = 0.5,
@@ -172,28 +201,12 @@ def score_and_describe(pairs: pd.DataFrame, dataset: Path, config: dict[str, Any
     from joblib import Parallel, delayed
 
     per_image = dataset / "per_image.csv"
-    rows: list[dict[str, Any]] = []
-    multiclass = False
     items = list(pairs[["id", "image", "mask", "prediction"]].itertuples(index=False, name=None))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
 
     def build(writer) -> dict[str, Any]:
-        nonlocal multiclass
-        (writer.staging / "predictions").mkdir(exist_ok=True)
-        bar = tqdm(total=len(pairs), desc="score and describe", unit="img", disable=not progress)
         runner = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator")
-        try:
-            for done in runner(delayed(_score_chunk)(c, threshold) for c in chunks):
-                for sid, img_path, truth, labels, row in done:
-                    multiclass |= bool(truth.max() > 1 or labels.max() > 1)
-                    write_png(labels, writer.staging / "predictions" / f"{sid}.png")
-                    writer.add(sid, "test", img_path, truth, "audit", prediction=f"predictions/{sid}.png")
-                    rows.append(row)
-                bar.update(len(done))
-        finally:
-            bar.close()
-        writer.mask_kind = "multiclass" if multiclass else "binary"
-        pd.DataFrame(rows).to_csv(writer.staging / "per_image.csv", index=False)
+        record_scored(writer, runner(delayed(_score_chunk)(c, threshold) for c in chunks), len(pairs), "img", progress)
         return {"kind": "audit"}
 
     table = build_dataset(dataset, config, build, validate="none")

@@ -52,11 +52,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from seg4seg_utils.data.folders import folder_fingerprint
-from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, config_hash, read_image, write_png
+from seg4seg_utils.data.records import DatasetError, SampleTable, build_dataset, config_hash, read_image
 from seg4seg_utils.data.volumes import (case_name, check_case, embedding_channel, pair_datalist, pair_nnunet,
                                         pair_volume_folders, read_dataset_json, read_image_channels,
                                         read_label_volume)
 from seg4seg_utils.discovery.volume_features import central_plane_index  # re-exported: the plane rule's home
+from seg4seg_utils.studies.audit import record_scored
 
 __all__ = ["N_PLANES", "PLANE_AXIS", "POOL", "DEFAULT_VOLUME_PLANES", "VOLUME_PLANES", "VolumeInputs",
            "is_volume_input", "pair_volume_inputs", "score_and_describe_volumes", "embed_volumes",
@@ -234,31 +235,13 @@ def score_and_describe_volumes(vin: VolumeInputs, dataset: Path, config: dict[st
     Reused when ``dataset`` already holds the same ``config``. ``n_jobs`` never changes a value."""
     from joblib import Parallel, delayed
 
-    rows: list[dict[str, Any]] = []
     items = [(str(r.id), list(r.images), str(r.mask), str(r.prediction)) for r in vin.pairs.itertuples(index=False)]
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
 
     def build(writer) -> dict[str, Any]:
-        multiclass = False
-        for folder in ("predictions", "planes"):
-            (writer.staging / folder).mkdir(exist_ok=True)
-        bar = tqdm(total=len(items), desc="score and describe", unit="volume", disable=not progress)
         runner = Parallel(n_jobs=min(n_jobs, len(chunks)), return_as="generator")
-        try:
-            tasks = (delayed(_score_volume_chunk)(c, vin.label_values, vin.channel, vin.planes) for c in chunks)
-            for done in runner(tasks):
-                for sid, shown, truth, labels, planes, row in done:
-                    multiclass |= bool(truth.max() > 1 or labels.max() > 1)
-                    write_png(labels, writer.staging / "predictions" / f"{sid}.png")
-                    for k, plane in enumerate(planes):
-                        write_png(plane, writer.staging / "planes" / f"{sid}_{k}.png")
-                    writer.add(sid, "test", shown, truth, "audit", prediction=f"predictions/{sid}.png")
-                    rows.append(row)
-                bar.update(len(done))
-        finally:
-            bar.close()
-        writer.mask_kind = "multiclass" if multiclass else "binary"
-        pd.DataFrame(rows).to_csv(writer.staging / "per_image.csv", index=False)
+        tasks = (delayed(_score_volume_chunk)(c, vin.label_values, vin.channel, vin.planes) for c in chunks)
+        record_scored(writer, runner(tasks), len(items), "volume", progress)
         meta = {"kind": "audit-volumes", "n_planes": N_PLANES, "plane_axis": PLANE_AXIS}
         if vin.planes != DEFAULT_VOLUME_PLANES:
             meta.update(volume_planes=vin.planes, n_planes=int(config["n_planes"]))
