@@ -94,6 +94,17 @@ def run_audit(paths: dict[str, Path], out: Path, extra: list[str]) -> tuple[floa
     return wall, peak / 2 ** 20
 
 
+def report(rows: list[dict], out: Path | None) -> str:
+    """The rows as a markdown table headed by the CPU, printed and written to ``out`` when given."""
+    text = (f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False) + "\n")
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1000, 10000], help="numbers of images")
@@ -120,13 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         row["beyond_over_embedding"] = round((stages["total"] - emb) / emb, 2) if emb else float("nan")
         rows.append(row)
         print(f"{n} images: generated in {made:.0f} s; audit {wall:.1f} s wall, peak {peak:.0f} MiB", flush=True)
-    table = pd.DataFrame(rows)
-    text = (f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}\n\n"
-            + table.to_markdown(index=False) + "\n")
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ For each number of cases it writes (once; reused on the next call) an nnU-Net v2
 simulated model's predictions (:func:`seg4seg_utils.studies.volume_study.phantom_folder`: 20 % of the cases from
 scanner B, where the model fails; the answer is kept outside the folder). Then it runs the command as a user
 would, in a fresh process, samples the process tree's resident memory every 0.1 s, and reads the audit's own
-stage timings (``timing.csv``). The process runner and the CPU name are :mod:`bench_audit`'s (the 2-D benchmark).
+stage timings (``timing.csv``). The process runner and the table are :mod:`bench_audit`'s (the 2-D benchmark).
 
 The audit needs at least 20 cases. A figure, not a test: machines of this kind differ about 2.6x in CPU speed,
 so the CPU is printed with the result.
@@ -15,8 +15,6 @@ so the CPU is printed with the result.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_audit import cpu_name, run_audit  # noqa: E402  (the 2-D benchmark's runner: one way to time a run)
+from bench_audit import report, run_audit  # noqa: E402  (the 2-D benchmark's runner and table: one way to time a run)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,13 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(f"{n} volumes of {args.size}^3: generated in {made:.0f} s; audit {wall:.1f} s wall, peak {peak:.0f} MiB",
               flush=True)
-    table = pd.DataFrame(rows)
-    text = (f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}\n\n"
-            + table.to_markdown(index=False) + "\n")
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    report(rows, args.out)
 
 
 if __name__ == "__main__":
