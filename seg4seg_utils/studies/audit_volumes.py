@@ -27,7 +27,7 @@ reduce / BIC / slice / judge / name / report stages are audit()'s own, written o
 
 3. **Embed** (:func:`embed_volumes`): one vector per case, the 2-D embedder on its planes pooled by their
    mean (``embed_volume``; CLIP's unit vectors stay unit length), cached in ``OUT/work/cache/embeddings`` with
-   the 2-D cache's format (``save_cache`` / ``load_cache``), keyed by the embedder, the dataset's config
+   the 2-D cache's format (``stack_and_cache`` / ``load_cache``), keyed by the embedder, the dataset's config
    hash, the number of planes and the pooling.
 
 Why these planes and this pooling: the 2-D embedders see pictures, and the target is what a failure is about,
@@ -256,7 +256,7 @@ def embed_volumes(table: SampleTable, embedder: Any, cache_dir: str | os.PathLik
                   progress: bool = True) -> Any:
     """One vector per case: the embedder on its ``planes/{case}_{k}.png``, pooled (``embed_volume``), cached
     like the 2-D embeddings; returns :class:`~seg4seg_utils.discovery.embed.Embeddings` in table order."""
-    from seg4seg_utils.discovery.embed import Embeddings, load_cache, save_cache, slug
+    from seg4seg_utils.discovery.embed import Embeddings, load_cache, slug, stack_and_cache
     from seg4seg_utils.discovery.volume_features import embed_volume
 
     sub = table.split("test")
@@ -288,12 +288,7 @@ def embed_volumes(table: SampleTable, embedder: Any, cache_dir: str | os.PathLik
     for sid in tqdm(ids, desc="embed volumes", unit="volume", disable=not progress, leave=False):
         planes = [read_image(table.path(f"planes/{sid}_{k}.png")) for k in range(n_planes)]
         vectors.append(embed_volume(embedder, planes, pool=pool))
-    X = np.ascontiguousarray(np.stack(vectors), dtype=np.float32)
-    seconds = time.perf_counter() - t0
-    if X.shape != (len(ids), embedder.dim):
-        raise RuntimeError(f"{embedder.name}: produced {X.shape}, expected ({len(ids)}, {embedder.dim})")
-    if npy is not None:
-        save_cache(npy, sidecar, key, ids, X, embedder.name, seconds)
+    X, seconds = stack_and_cache([np.stack(vectors)], ids, embedder, t0, npy, sidecar, key)
     return Embeddings(ids, X, key, embedder.name, npy, False, seconds)
 
 
