@@ -163,7 +163,7 @@ def write_nnunet_phantoms(root: str | os.PathLike, n: int, size: int = 48, seed:
         rows.append({"id": case, "scanner": str(scanner), "has_lesion": attributes["has_lesion"],
                      "organ_volume_ml": round(attributes["organ_volume"] * voxel_ml, 3)})
     dataset = {"name": "seg4seg 3-D phantom", "description": "Synthetic organ/lesion volumes from two scanners; "
-               "scanner B is the simulated model's failure slice (metadata.csv holds the answer).",
+               "scanner B is the simulated model's failure slice (the answer, per case, is for evaluation only).",
                "channel_names": {"0": "phantom"}, "labels": LABELS, "numTraining": 0, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     table = pd.DataFrame(rows, columns=["id", "scanner", "has_lesion", "organ_volume_ml"])
