@@ -17,11 +17,15 @@ NBVAL := $(CURDIR)/.nbval
 setup:
 	@bash scripts/setup_venv.sh
 
+# make run times its stages (seg4seg_utils.timing): the breakdown is printed at the end and kept in timing.md
+run: export SEG4SEG_RUN_STARTED := $(shell date +%s.%N)
+run: export SEG4SEG_TIMING := $(RESULTS)/$(PRESET)/timing.csv
 run: setup
 	$(PY) -m seg4seg_utils run --preset $(PRESET) --data $(DATA) --results $(RESULTS) --runs $(RUNS)
 	$(PY) -m seg4seg_utils notebooks --preset $(PRESET) --out book/executed \
 	  --set DATA_DIR=$(DATA) RESULTS_DIR=$(RESULTS) RUNS_DIR=$(RUNS)
 	$(PY) -m seg4seg_utils book
+	$(PY) -m seg4seg_utils timing
 
 # unit tests, then nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs)
 test: setup

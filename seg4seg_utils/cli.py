@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
     _add_backend_arguments(nbs)
     sub.add_parser("book", help="build the HTML book from the executed notebooks in book/executed/")
+    tim = sub.add_parser("timing", help="print where the time of the newest `make run` went and write timing.md "
+                                        "beside its timing.csv")
+    tim.add_argument("--file", default=None, metavar="CSV",
+                     help="the timing CSV (default: $SEG4SEG_TIMING, which make run sets to results/<preset>/timing.csv)")
     _add_audit_parser(sub)
     cmp_ = sub.add_parser("compare", help="diff the results of two job roots (each holding results/ and runs/)")
     cmp_.add_argument("a", help="first job root")
@@ -212,6 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(diffs)} difference(s) between {args.a} and {args.b} (preset {args.preset})"
               + ("" if diffs else ": identical results"))
         return 1 if diffs else 0
+    if args.command == "timing":
+        import os
+
+        from seg4seg_utils.timing import TIMING_ENV, write_breakdown
+
+        path = args.file or os.environ.get(TIMING_ENV)
+        if not path:
+            print(f"seg4seg: give --file CSV or set {TIMING_ENV} (make run does)", file=sys.stderr)
+            return 2
+        md, text = write_breakdown(path)
+        print(text + f"\n(written to {md})")
     if args.command == "book":
         from seg4seg_utils.report.book import build_book
 

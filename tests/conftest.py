@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,41 @@ def isic_styles_csv() -> Path:
     if not path.is_file():
         pytest.skip(f"IMA++ metadata not found at {path} (set SEG4SEG_SHARED_DATA)")
     return path
+
+
+def run_smoke_job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
+    """The README's main job (``python -m seg4seg_utils run``, what ``make run`` calls) on the smoke preset, in a
+    fresh process with ``omp_threads`` OpenMP threads and ``jobs`` parallel jobs, on a copy of ``data``."""
+    root.mkdir(parents=True)
+    shutil.copytree(data, root / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads),
+           "SEG4SEG_TIMING": str(root / "timing.csv"), "SEG4SEG_RUN_STARTED": ""}  # stages record their time
+    env.pop("SEG4SEG_BACKEND", None)
+    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke",
+                             "--data", str(root / "data"), "--results", str(root / "results"),
+                             "--runs", str(root / "runs"), "--cache", str(root / "cache"), "--no-progress",
+                             "--jobs", str(jobs)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> Path:
+    """The smoke preset's clean and injected datasets, generated once by the main job's data stage."""
+    base = tmp_path_factory.mktemp("smoke-data")
+    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke", "--data",
+                             str(base / "data"), "--results", str(base / "results"), "--until", "data",
+                             "--no-progress"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "data"
+
+
+@pytest.fixture(scope="session")
+def smoke_main_job(tmp_path_factory, smoke_data) -> Path:
+    """The whole main job on the smoke preset (data, 4 models, detection benchmark), run once per session as
+    ``make run PRESET=smoke`` runs it (two threads, two jobs): the pipeline tests read its outputs and the
+    reproducibility test compares a one-thread run against it."""
+    return run_smoke_job(tmp_path_factory.mktemp("smoke-job") / "two-threads", smoke_data, 2, 2)
 
 
 TINY_CLIP = "seg4seg-test-tiny-vit"

@@ -3,7 +3,7 @@ private names (a leading underscore means "may change without notice", so a seco
 
 The layers, bottom to top (README, "Layout"):
 
-0. foundation: ``config``, ``kernels``, ``seeding``, ``stats``
+0. foundation: ``config``, ``kernels``, ``seeding``, ``stats``, ``timing``
 1. ``data``      2. ``model``      3. ``discovery``      4. ``report``      5. ``studies``
 6. the entry points: ``cli``, ``__main__`` and the package's ``__init__`` (its re-exports)
 """
@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "seg4seg_utils"
 NOTEBOOKS = PACKAGE.parent / "notebooks"
-LAYERS = {"config": 0, "kernels": 0, "seeding": 0, "stats": 0, "data": 1, "model": 2, "discovery": 3,
+LAYERS = {"config": 0, "kernels": 0, "seeding": 0, "stats": 0, "timing": 0, "data": 1, "model": 2, "discovery": 3,
           "report": 4, "studies": 5, "cli": 6, "__main__": 6, "__init__": 6}
 
 

@@ -53,12 +53,10 @@ def test_missing_real_folder_is_a_clear_user_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_whole_main_job_on_the_smoke_preset(tmp_path):
-    """data -> training -> detection benchmark, exactly as `make run PRESET=smoke` runs it."""
-    args = ["run", "--preset", "smoke", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
-            "--runs", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--no-progress"]
-    assert main(args) == 0
-    res = tmp_path / "results" / "smoke"
+def test_whole_main_job_on_the_smoke_preset(smoke_main_job):
+    """data -> training -> detection benchmark, exactly as `make run PRESET=smoke` runs it (``python -m
+    seg4seg_utils run`` in its own process: the session's shared smoke job, see conftest)."""
+    res = smoke_main_job / "results" / "smoke"
     gaps = pd.read_csv(res / "training" / "gaps.csv")
     assert sorted(gaps["case"]) == ["A", "B", "C", "D"] and gaps["dice_rest"].between(0, 1).all()
     rates = pd.read_csv(res / "detection" / "detection_rates.csv")

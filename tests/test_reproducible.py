@@ -11,41 +11,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_smoke_job
 
 from seg4seg_utils import kernels
 from seg4seg_utils.model.train import TrainConfig, train_preset
 from seg4seg_utils.report.compare import detection_rows, diff_job_outputs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
-    root.mkdir(parents=True)
-    shutil.copytree(data, root / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads)}
-    env.pop("SEG4SEG_BACKEND", None)
-    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke",
-                             "--data", str(root / "data"), "--results", str(root / "results"),
-                             "--runs", str(root / "runs"), "--cache", str(root / "cache"), "--no-progress",
-                             "--jobs", str(jobs)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root
-
 
 @pytest.fixture(scope="module")
-def two_jobs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("repro")
-    data = base / "shared-data"
-    result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke", "--data", str(data),
-                             "--results", str(base / "data-results"), "--until", "data", "--no-progress"],
-                            cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _job(base / "one-thread", data, 1, 1), _job(base / "two-threads", data, 2, 2)
+def two_jobs(tmp_path_factory, smoke_data, smoke_main_job):
+    """A one-thread, one-job run beside the session's two-thread, two-job main job, on the same data."""
+    return run_smoke_job(tmp_path_factory.mktemp("repro") / "one-thread", smoke_data, 1, 1), smoke_main_job
 
 
 @pytest.mark.slow
@@ -189,3 +168,34 @@ def test_umap_matches_the_reference_machine():
     Z = reduce_embeddings(X, "umap", 4, 0)[1]
     digest = hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()[:16]
     assert digest == GOLDEN_UMAP, f"numpy SIMD level {kernels.numpy_simd()}"
+
+
+UMAP_IN_A_FRESH_PROCESS = """
+import hashlib, json
+import numpy as np
+from seg4seg_utils.discovery.reduce import reduce_embeddings
+rng = np.random.default_rng(0)
+X = (np.repeat(rng.normal(size=(3, 32)), 20, axis=0) + rng.normal(size=(60, 32))).astype(np.float32)
+Z = reduce_embeddings(X, "umap", 4, 0)[1]
+import umap.umap_ as U
+kernels = {"smooth_knn_dist": U.smooth_knn_dist, "compute_membership_strengths": U.compute_membership_strengths,
+           "fast_knn_indices": U.fast_knn_indices}  # compiled lazily, on the first fit (umap compiles a few tiny
+                                                   # helpers with explicit signatures at import: not these)
+print(json.dumps({"digest": hashlib.sha256(np.ascontiguousarray(Z).tobytes()).hexdigest()[:16],
+                  "hits": {k: sum(d.stats.cache_hits.values()) for k, d in kernels.items()},
+                  "misses": {k: sum(d.stats.cache_misses.values()) for k, d in kernels.items()}}))
+"""
+
+
+@pytest.mark.slow
+def test_umap_kernels_are_compiled_once_per_machine_and_give_the_same_numbers():
+    """import_umap keeps umap's numba kernels on disk: a new process loads them (no compile) and the loaded code
+    gives the reference fit. Without ``enable_caching`` the new process compiles these kernels again (no hits)."""
+    import subprocess
+
+    test_umap_matches_the_reference_machine()  # this process compiles or loads them, and writes what is missing
+    result = subprocess.run([sys.executable, "-c", UMAP_IN_A_FRESH_PROCESS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh["digest"] == GOLDEN_UMAP
+    assert all(fresh["hits"].values()) and not any(fresh["misses"].values()), fresh

@@ -3,16 +3,19 @@
 :func:`reduce_embeddings` fits a reducer; :func:`cached_reduction` is what every study calls: the same reduction,
 stored on disk by a hash of its input, so settings that differ only after the reduction (gamma, likelihood
 form, performance columns, patch aggregation) share one UMAP fit per embedding and seed.
+
+:func:`import_umap` is the one place umap is imported: it asks numba to keep umap's compiled functions on disk.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["as_matrix", "reduce_embeddings", "cached_reduction"]
+__all__ = ["as_matrix", "import_umap", "reduce_embeddings", "cached_reduction"]
 
 def as_matrix(a: np.ndarray, name: str, one_d: bool = True) -> np.ndarray:
     """``a`` as a finite float64 (samples x features) matrix (1-d: one feature, unless ``one_d=False``, which
@@ -36,6 +39,28 @@ def as_matrix(a: np.ndarray, name: str, one_d: bool = True) -> np.ndarray:
     return a
 
 
+def import_umap():
+    """The ``umap`` module, its numba functions compiled once per machine instead of once per process.
+
+    umap-learn compiles its numba kernels on first use in every process and does not cache them (only
+    pynndescent's are declared ``cache=True``): about 5.6 s before the first fit of a 100-image UMAP on a 2-core
+    AMD EPYC, paid again by every notebook kernel, joblib worker and ``seg4seg audit``. Caching them is numba's
+    own mechanism (``Dispatcher.enable_caching``, what ``cache=True`` does); the cache sits in umap's
+    ``__pycache__`` (or ``NUMBA_CACHE_DIR``), is keyed by the function's source and the pinned numba target
+    (:mod:`seg4seg_utils.kernels`), and holds the same machine code a fresh compile gives, so no number changes
+    (``tests/test_reproducible.py`` checks a UMAP fit against its reference digest).
+    """
+    import umap  # the first import in a fresh environment compiles pynndescent's cached kernels (~20 s, once)
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == "umap" or name.startswith("umap.")):
+            for obj in list(vars(module).values()):
+                if isinstance(obj, Dispatcher) and not obj.overloads:  # compiled ones are left as they are
+                    obj.enable_caching()
+    return umap
+
+
 def reduce_embeddings(X: np.ndarray, method: str | None = "umap", n_components: int = 8,
                       random_state: int | None = 0, n_neighbors: int = 15, min_dist: float = 0.1):
     """Fit a reducer (UMAP, PCA or none) and return (reducer or None, reduced float64 array)."""
@@ -43,8 +68,7 @@ def reduce_embeddings(X: np.ndarray, method: str | None = "umap", n_components: 
     if method is None or method == "none" or X.shape[1] <= n_components:
         return None, X
     if method == "umap":
-        import umap  # imported lazily: the first import compiles numba code (~15 s)
-
+        umap = import_umap()  # imported lazily: umap is slow to import
         reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, len(X) - 1),
                             min_dist=min_dist, random_state=random_state,
                             n_jobs=1 if random_state is not None else -1)

@@ -6,10 +6,13 @@ import re
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+from seg4seg_utils.timing import stage
 
 __all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks",
            "build_book", "glue", "plain"]
@@ -87,8 +90,10 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
         t0 = time.perf_counter()
         target = out / nb.name
         try:
-            pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
-                                progress_bar=False, kernel_name="python3", log_output=False)
+            with stage("notebooks", nb.stem) if not prepare_only else nullcontext():
+                pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO),
+                                    prepare_only=prepare_only, progress_bar=False, kernel_name="python3",
+                                    log_output=False)
         except pm.PapermillExecutionError as exc:
             failed[target] = f"{exc.ename}: {exc.evalue}".strip()[:500]
         _show_parameters_used(target, nb)
@@ -184,9 +189,11 @@ def build_book(book_dir: str | os.PathLike = REPO / "book") -> Path:
     if missing:
         raise FileNotFoundError(f"{book_dir}: chapters {missing} are missing. Execute the notebooks first: "
                                 "`python -m seg4seg_utils notebooks --preset cpu --out book/executed` (make run does).")
-    write_idea_figure(book_dir / IDEA_FIGURE)
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--warningiserror", "--keep-going"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    with stage("book", "HTML build"):
+        write_idea_figure(book_dir / IDEA_FIGURE)
+        cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--warningiserror",
+               "--keep-going"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return book_dir / "_build" / "html" / "index.html"

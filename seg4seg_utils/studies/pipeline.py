@@ -18,6 +18,7 @@ from seg4seg_utils.data.inject import CASES
 from seg4seg_utils.data.records import SPLITS, SampleTable
 from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.studies.workspace import CaseDataset, TrainedCase, Workspace
+from seg4seg_utils.timing import stage
 
 __all__ = ["counts_table", "write_data_summary", "run_data_job", "gap_table", "train_grid",
            "detection_benchmark", "ablation", "gamma_sweep", "attribute_study", "run_job"]
@@ -74,12 +75,15 @@ def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], o
 def run_data_job(ws: Workspace) -> dict[str, Path]:
     """The main job so far: clean datasets, every injected case, and a summary with figures."""
     t0 = time.perf_counter()
-    bases = ws.base_datasets()
+    with stage("data", "clean datasets"):
+        bases = ws.base_datasets()
     t1 = time.perf_counter()
-    grid = ws.case_datasets()
+    with stage("data", "injections"):
+        grid = ws.case_datasets()
     t2 = time.perf_counter()
-    return write_data_summary(grid, bases, ws.results("data"), ws.preset,
-                              timings={"clean datasets": t1 - t0, "injections": t2 - t1})
+    with stage("data", "summary and galleries"):
+        return write_data_summary(grid, bases, ws.results("data"), ws.preset,
+                                  timings={"clean datasets": t1 - t0, "injections": t2 - t1})
 
 
 def gap_table(trained: Sequence[TrainedCase]) -> pd.DataFrame:
@@ -250,12 +254,14 @@ def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
         raise ValueError(f"until must be one of {stages}, got {until!r}")
     paths = run_data_job(ws)
     if stages.index(until) >= 1:
-        trained = train_grid(ws)
+        with stage("training", f"{len(ws.case_datasets())} models (finished ones are read back)"):
+            trained = train_grid(ws)
         out = ws.results("training")
         paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
                       "learning_curves": out / "learning_curves.png"})
     if until == "detect":
-        detection_benchmark(ws, trained)
+        with stage("detection", f"{len(trained)} models x {len(ws.preset.slicer_seeds)} slicer seeds"):
+            detection_benchmark(ws, trained)
         out = ws.results("detection")
         paths.update({"detection": out / "detection_rates.md", "detection_heatmap": out / "detection_heatmap.png"})
     return paths
