@@ -82,7 +82,8 @@ def breakdown(rows: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     for name, group in rows.groupby("stage", sort=False):
         out.append({"stage": name, "step": "", "seconds": float(group["seconds"].sum())})
         if len(group) > 1 or (group["step"] != "").any():
-            out += [{"stage": "", "step": step, "seconds": float(s)} for step, s in zip(group["step"], group["seconds"])]
+            out += [{"stage": "", "step": step, "seconds": float(seconds)}
+                    for step, seconds in zip(group["step"], group["seconds"])]
     table = pd.DataFrame(out, columns=["stage", "step", "seconds"])
     total = (now - started) if started is not None else float(table.loc[table["stage"] != "", "seconds"].sum())
     table["share"] = table["seconds"] / total if total > 0 else 0.0

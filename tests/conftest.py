@@ -12,21 +12,31 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# The longest groups are handed out first, so that no long group starts last and runs alone (measured: the
+# shared smoke job's group, about 70 s with both workers busy, used to start midway and end the run on its own).
+LONG_GROUPS_FIRST = ("smoke-main-job", "file-test_scaleout.py", "file-test_train_gap.py", "notebook-06_ablations.ipynb",
+                     "file-test_experiments.py", "notebook-13_scale_out.ipynb", "notebook-07_real_world.ipynb",
+                     "notebook-14_volumes.ipynb", "file-test_real_data.py")
+
+
+def xdist_group_of(item) -> str:
+    """A notebook's cells share one kernel (a group per notebook); the tests that read the session's smoke main job
+    share one worker, so it runs once; every other test file is a group, so its module fixtures run once."""
+    if item.path.suffix == ".ipynb":
+        return f"notebook-{item.path.name}"
+    if "smoke_main_job" in getattr(item, "fixturenames", ()):
+        return "smoke-main-job"
+    return f"file-{item.path.name}"
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups to name the items
 def pytest_collection_modifyitems(config, items):
-    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): each group runs on one worker, in order.
-
-    A notebook's cells share one kernel (a group per notebook); the tests that read the session's smoke main job
-    share one worker, so it runs once; every other test file is a group of its own, so module fixtures run once.
-    """
+    """Groups for ``pytest -n 2 --dist loadgroup`` (``make test``): each group runs on one worker, in order;
+    the long ones are queued first (a stable sort: the order inside a group is kept)."""
     for item in items:
-        if item.path.suffix == ".ipynb":
-            group = f"notebook-{item.path.name}"
-        elif "smoke_main_job" in getattr(item, "fixturenames", ()):
-            group = "smoke-main-job"
-        else:
-            group = f"file-{item.path.name}"
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+    rank = {group: k for k, group in enumerate(LONG_GROUPS_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group_of(item), len(rank)))
 
 
 def shared_data_dir() -> Path:
