@@ -14,7 +14,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; t
   exit 0
 fi
 
-echo "[setup] preparing $VENV (pinned CPU dependencies; first run takes about a minute)"
+echo "[setup] preparing $VENV (pinned CPU dependencies; first run: about 20 s with uv, a minute with pip)"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 # The constraints file is what keeps pip from replacing the local torch 2.13.0 CPU wheel with a
 # newer CUDA build when smp/timm/open_clip ask for torchvision (see requirements/constraints-cpu.txt).
