@@ -32,9 +32,7 @@ run: setup
 # worker). The notebooks read the smoke main job run first, as make run's notebooks read the main job's.
 # OMP_WAIT_POLICY=PASSIVE: two workers each running torch on 2 threads thrash when idle OpenMP threads spin
 # (measured, 2-core AMD EPYC: two concurrent runs of tests/test_train_gap.py took 192 s spinning, 59 s passive);
-# passive waiting changes no number. Each worker also keeps OpenMP, OpenBLAS and MKL to one thread outside training
-# (which pins its own two: seg4seg_utils.kernels), so that two workers fill two cores instead of four threads
-# contending for them; a thread count never changes a result (tests/test_reproducible.py).
+# passive waiting changes no number.
 TEST_JOBS ?= 2
 test: setup
 	rm -rf $(NBVAL)
@@ -42,8 +40,7 @@ test: setup
 	  --cache $(NBVAL)/cache --no-progress > /dev/null
 	$(PY) -m seg4seg_utils notebooks --preset smoke --prepare-only --out $(NBVAL)/notebooks \
 	  --set DATA_DIR=$(NBVAL)/data RESULTS_DIR=$(NBVAL)/results RUNS_DIR=$(NBVAL)/runs CACHE_DIR=$(NBVAL)/cache
-	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax
 
 clean-results:
 	rm -rf $(RESULTS)

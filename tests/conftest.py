@@ -68,7 +68,6 @@ def run_smoke_job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
     root.mkdir(parents=True)
     shutil.copytree(data, root / "data")
     env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "MKL_NUM_THREADS": str(omp_threads),
-           "OPENBLAS_NUM_THREADS": str(omp_threads),  # make test sets 1 for its workers: this job says its own
            "SEG4SEG_TIMING": str(root / "timing.csv"), "SEG4SEG_RUN_STARTED": ""}  # stages record their time
     env.pop("SEG4SEG_BACKEND", None)
     result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke",
