@@ -13,12 +13,14 @@ import csv
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 
-__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "stage", "record", "read_timing", "breakdown", "write_breakdown"]
+__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "Timed", "stage", "record", "read_timing", "breakdown",
+           "write_breakdown"]
 
 TIMING_ENV = "SEG4SEG_TIMING"
 STARTED_ENV = "SEG4SEG_RUN_STARTED"
@@ -44,14 +46,25 @@ def record(stage_name: str, step: str, started: float, seconds: float) -> None:
         writer.writerow([_run_id(), stage_name, step, f"{started:.3f}", f"{seconds:.3f}"])
 
 
+@dataclass
+class Timed:
+    """One timed step: ``seconds`` is set when its block ends; ``step`` may be filled in inside the block."""
+
+    stage: str
+    step: str = ""
+    seconds: float = 0.0
+
+
 @contextmanager
-def stage(stage_name: str, step: str = "") -> Iterator[None]:
+def stage(stage_name: str, step: str = "") -> Iterator[Timed]:
     """Time the block and :func:`record` it (also when it raises: a failed stage's time is part of the run)."""
+    timed = Timed(stage_name, step)
     started, t0 = time.time(), time.perf_counter()
     try:
-        yield
+        yield timed
     finally:
-        record(stage_name, step, started, time.perf_counter() - t0)
+        timed.seconds = time.perf_counter() - t0
+        record(timed.stage, timed.step, started, timed.seconds)
 
 
 def read_timing(path: str | os.PathLike) -> pd.DataFrame:

@@ -26,8 +26,10 @@ def test_stages_steps_set_up_and_total(tmp_path, monkeypatch):
     timing.record("data", "clean datasets", 1010.0, 4.0)
     timing.record("data", "injections", 1014.0, 6.0)
     timing.record("training", "12 models", 1020.0, 60.0)
-    with pytest.raises(RuntimeError), timing.stage("notebooks", "05_detection_rates"):
+    with pytest.raises(RuntimeError), timing.stage("notebooks") as timed:
+        timed.step = "05_detection_rates"  # a step named inside the block is the one recorded
         raise RuntimeError("a failed stage still counts")
+    assert timed.seconds > 0
     rows = timing.read_timing(path)
     assert len(rows) == 4 and set(rows["run"]) == {"1000.0"}
     table = timing.breakdown(rows, now=1100.0)

@@ -6,7 +6,6 @@ handles of :func:`train_grid` (``None``: the workspace's whole grid, trained or 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -74,16 +73,14 @@ def write_data_summary(grid: list[CaseDataset], bases: dict[str, SampleTable], o
 
 def run_data_job(ws: Workspace) -> dict[str, Path]:
     """The main job so far: clean datasets, every injected case, and a summary with figures."""
-    t0 = time.perf_counter()
-    with stage("data", "clean datasets"):
+    with stage("data", "clean datasets") as clean:
         bases = ws.base_datasets()
-    t1 = time.perf_counter()
-    with stage("data", "injections"):
+    with stage("data", "injections") as injections:
         grid = ws.case_datasets()
-    t2 = time.perf_counter()
     with stage("data", "summary and galleries"):
-        return write_data_summary(grid, bases, ws.results("data"), ws.preset,
-                                  timings={"clean datasets": t1 - t0, "injections": t2 - t1})
+        paths = write_data_summary(grid, bases, ws.results("data"), ws.preset,
+                                   timings={"clean datasets": clean.seconds, "injections": injections.seconds})
+    return paths
 
 
 def gap_table(trained: Sequence[TrainedCase]) -> pd.DataFrame:
@@ -254,8 +251,9 @@ def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
         raise ValueError(f"until must be one of {stages}, got {until!r}")
     paths = run_data_job(ws)
     if stages.index(until) >= 1:
-        with stage("training", f"{len(ws.case_datasets())} models (finished ones are read back)"):
+        with stage("training") as timed:
             trained = train_grid(ws)
+            timed.step = f"{len(trained)} models (finished ones are read back)"
         out = ws.results("training")
         paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
                       "learning_curves": out / "learning_curves.png"})
