@@ -94,6 +94,20 @@ def run_audit(paths: dict[str, Path], out: Path, extra: list[str]) -> tuple[floa
     return wall, peak / 2 ** 20
 
 
+def timed_audit(make_paths, out: Path, fresh: bool, extra: list[str]) -> tuple[float, float, float, pd.Series]:
+    """Make the input folders (timed), delete OUT first when ``fresh`` (cold caches), audit them in a fresh process:
+    (seconds to make the inputs, audit wall seconds, peak MiB, the audit's own seconds per stage)."""
+    import shutil
+
+    t0 = time.perf_counter()
+    paths = make_paths()
+    made = time.perf_counter() - t0
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    wall, peak = run_audit(paths, out, extra)
+    return made, wall, peak, pd.read_csv(out / "timing.csv").set_index("stage")["seconds"]
+
+
 def report(rows: list[dict], out: Path | None) -> str:
     """The rows as a markdown table headed by the CPU, printed and written to ``out`` when given."""
     text = (f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}\n\n"
@@ -113,18 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fresh", action="store_true", help="delete earlier audit outputs first (cold caches)")
     ap.add_argument("audit_args", nargs="*", help="extra arguments for seg4seg audit (after --)")
     args = ap.parse_args(argv)
-    import shutil
-
     rows = []
     for n in args.n:
-        t0 = time.perf_counter()
-        paths = make_folders(args.work / f"data-{n}", n)
-        made = time.perf_counter() - t0
-        out = args.work / f"audit-{n}"
-        if args.fresh and out.exists():
-            shutil.rmtree(out)
-        wall, peak = run_audit(paths, out, args.audit_args)
-        stages = pd.read_csv(out / "timing.csv").set_index("stage")["seconds"]
+        made, wall, peak, stages = timed_audit(lambda: make_folders(args.work / f"data-{n}", n),
+                                               args.work / f"audit-{n}", args.fresh, args.audit_args)
         row = {"images": n, "wall_s": round(wall, 1), "peak_mib": round(peak), **stages.round(1).to_dict()}
         emb = stages.get("embedding", float("nan"))
         row["beyond_embedding_s"] = round(stages["total"] - emb, 1)

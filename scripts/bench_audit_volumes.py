@@ -15,15 +15,12 @@ so the CPU is printed with the result.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
 from pathlib import Path
 
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_audit import report, run_audit  # noqa: E402  (the 2-D benchmark's runner and table: one way to time a run)
+from bench_audit import report, timed_audit  # noqa: E402  (the 2-D benchmark's runner and table: one way to time a run)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,14 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for n in args.n:
-        t0 = time.perf_counter()
-        paths = phantom_folder(args.work / "data", n, args.size)
-        made = time.perf_counter() - t0
-        out = args.work / f"audit-{n}-s{args.size}"
-        if args.fresh and out.exists():
-            shutil.rmtree(out)
-        wall, peak = run_audit(paths, out, args.audit_args)
-        stages = pd.read_csv(out / "timing.csv").set_index("stage")["seconds"]
+        made, wall, peak, stages = timed_audit(lambda: phantom_folder(args.work / "data", n, args.size),
+                                               args.work / f"audit-{n}-s{args.size}", args.fresh, args.audit_args)
         row = {"volumes": n, "size": f"{args.size}^3", "wall_s": round(wall, 1), "peak_mib": round(peak),
                **stages.round(1).to_dict()}
         row["per_volume_s"] = round(stages["total"] / n, 3)
