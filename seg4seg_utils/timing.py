@@ -93,8 +93,10 @@ def breakdown(rows: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
         out.append({"stage": "set-up", "step": "virtual environment, Python start-up",
                     "seconds": float(rows["started"].min()) - started})
     for name, group in rows.groupby("stage", sort=False):
-        out.append({"stage": name, "step": "", "seconds": float(group["seconds"].sum())})
-        if len(group) > 1 or (group["step"] != "").any():
+        # a stage timed in one piece shows its step on its own line; one timed in several lists them below it
+        only = group["step"].iloc[0] if len(group) == 1 else ""
+        out.append({"stage": name, "step": only, "seconds": float(group["seconds"].sum())})
+        if len(group) > 1:
             out += [{"stage": "", "step": step, "seconds": float(seconds)}
                     for step, seconds in zip(group["step"], group["seconds"])]
     table = pd.DataFrame(out, columns=["stage", "step", "seconds"])
