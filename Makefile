@@ -17,30 +17,37 @@ NBVAL := $(CURDIR)/.nbval
 setup:
 	@bash scripts/setup_venv.sh
 
+# the notebooks run two side by side (reading the main job's results; no number changes, see report/book.py)
+NOTEBOOK_JOBS ?= 2
 # make run times its stages (seg4seg_utils.timing): the breakdown is printed at the end and kept in timing.md
 run: export SEG4SEG_RUN_STARTED := $(shell date +%s.%N)
 run: export SEG4SEG_TIMING := $(RESULTS)/$(PRESET)/timing.csv
 run: setup
 	$(PY) -m seg4seg_utils run --preset $(PRESET) --data $(DATA) --results $(RESULTS) --runs $(RUNS)
-	$(PY) -m seg4seg_utils notebooks --preset $(PRESET) --out book/executed \
+	$(PY) -m seg4seg_utils notebooks --preset $(PRESET) --out book/executed --jobs $(NOTEBOOK_JOBS) \
 	  --set DATA_DIR=$(DATA) RESULTS_DIR=$(RESULTS) RUNS_DIR=$(RUNS)
 	$(PY) -m seg4seg_utils book
 	$(PY) -m seg4seg_utils timing
 
 # unit tests and nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs), on
 # TEST_JOBS workers (pytest-xdist; tests/conftest.py keeps each notebook, file and the shared smoke job on one
-# worker). The notebooks read the smoke main job run first, as make run's notebooks read the main job's.
+# worker). The smoke main job runs once, first: the notebooks read a copy of it (book/), as make run's notebooks
+# read the main job's, and the tests that need the job read the original (job/, SEG4SEG_SMOKE_JOB) untouched.
 # OMP_WAIT_POLICY=PASSIVE: two workers each running torch on 2 threads thrash when idle OpenMP threads spin
 # (measured, 2-core AMD EPYC: two concurrent runs of tests/test_train_gap.py took 192 s spinning, 59 s passive);
 # passive waiting changes no number.
 TEST_JOBS ?= 2
 test: setup
 	rm -rf $(NBVAL)
-	$(PY) -m seg4seg_utils run --preset smoke --data $(NBVAL)/data --results $(NBVAL)/results --runs $(NBVAL)/runs \
-	  --cache $(NBVAL)/cache --no-progress > /dev/null
+	SEG4SEG_TIMING=$(NBVAL)/job/timing.csv SEG4SEG_RUN_STARTED= $(PY) -m seg4seg_utils run --preset smoke \
+	  --data $(NBVAL)/job/data --results $(NBVAL)/job/results --runs $(NBVAL)/job/runs --cache $(NBVAL)/job/cache \
+	  --no-progress > /dev/null
+	cp -r $(NBVAL)/job $(NBVAL)/book
 	$(PY) -m seg4seg_utils notebooks --preset smoke --prepare-only --out $(NBVAL)/notebooks \
-	  --set DATA_DIR=$(NBVAL)/data RESULTS_DIR=$(NBVAL)/results RUNS_DIR=$(NBVAL)/runs CACHE_DIR=$(NBVAL)/cache
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax
+	  --set DATA_DIR=$(NBVAL)/book/data RESULTS_DIR=$(NBVAL)/book/results RUNS_DIR=$(NBVAL)/book/runs \
+	  CACHE_DIR=$(NBVAL)/book/cache
+	SEG4SEG_SMOKE_JOB=$(NBVAL)/job OMP_WAIT_POLICY=PASSIVE \
+	  $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax
 
 clean-results:
 	rm -rf $(RESULTS)

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     nbs.add_argument("--out", required=True, help="folder for the executed copies (never the notebooks/ sources)")
     nbs.add_argument("--only", nargs="*", default=None, metavar="NN", help="only notebooks starting with these prefixes")
     nbs.add_argument("--prepare-only", action="store_true", help="write parameterised copies without executing them")
+    nbs.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="notebooks executed side by side (default 1; make run uses 2); never changes a result")
     nbs.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                      help="override parameters, e.g. --set DATA_DIR=/tmp/data SEED=1 (values parsed as YAML)")
     _add_backend_arguments(nbs)
@@ -199,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             key, value = item.split("=", 1)
             overrides[key] = yaml.safe_load(value)
         try:
-            written = run_notebooks(args.preset, args.out, only=args.only, prepare_only=args.prepare_only, **overrides)
+            written = run_notebooks(args.preset, args.out, only=args.only, prepare_only=args.prepare_only,
+                                    jobs=args.jobs, **overrides)
         except ValueError as exc:
             print(f"seg4seg: {exc}", file=sys.stderr)
             return 2

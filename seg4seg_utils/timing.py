@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pandas as pd
 
-__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "Timed", "stage", "record", "read_timing", "breakdown",
+__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "Timed", "stage", "record", "read_timing", "covered_seconds", "breakdown",
            "write_breakdown"]
 
 TIMING_ENV = "SEG4SEG_TIMING"
@@ -79,8 +79,22 @@ def read_timing(path: str | os.PathLike) -> pd.DataFrame:
     return rows[rows["run"] == newest].reset_index(drop=True)
 
 
+def covered_seconds(started, seconds) -> float:
+    """The wall time covered by intervals ``[started, started + seconds)``: their sum when they follow each other,
+    less when steps ran side by side (overlaps count once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(zip(started, (s + d for s, d in zip(started, seconds)))):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
 def breakdown(rows: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     """One row per stage (and per step where a stage has several), with seconds and share of the total.
+
+    A stage's seconds are the wall time its steps covered (:func:`covered_seconds`): notebooks run side by side
+    count once, and their own rows below show each one's time.
 
     The total is the wall time since ``SEG4SEG_RUN_STARTED`` when the run carries it (so set-up and anything
     unrecorded count), else the sum of the stages; set-up is the time from that start to the first stage.
@@ -95,7 +109,10 @@ def breakdown(rows: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     for name, group in rows.groupby("stage", sort=False):
         # a stage timed in one piece shows its step on its own line; one timed in several lists them below it
         only = group["step"].iloc[0] if len(group) == 1 else ""
-        out.append({"stage": name, "step": only, "seconds": float(group["seconds"].sum())})
+        wall = covered_seconds(group["started"].astype(float), group["seconds"].astype(float))
+        overlapped = len(group) > 1 and float(group["seconds"].sum()) > wall + 1.0
+        out.append({"stage": name, "step": only or ("steps side by side: their seconds overlap" if overlapped else ""),
+                    "seconds": wall})
         if len(group) > 1:
             out += [{"stage": "", "step": step, "seconds": float(seconds)}
                     for step, seconds in zip(group["step"], group["seconds"])]

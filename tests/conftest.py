@@ -78,9 +78,33 @@ def run_smoke_job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
     return root
 
 
+# `make test` runs the smoke main job once, before pytest, for the notebooks and for these tests, and names its
+# folder here; the tests only read it (the notebooks run on a copy). Without it (pytest alone) the fixtures run
+# the job themselves.
+SMOKE_JOB_ENV = "SEG4SEG_SMOKE_JOB"
+
+
+def reused_smoke_job() -> Path | None:
+    """The smoke main job `make test` ran before pytest (``$SEG4SEG_SMOKE_JOB``), checked complete; else None."""
+    folder = os.environ.get(SMOKE_JOB_ENV)
+    if not folder:
+        return None
+    root = Path(folder)
+    needed = [root / "timing.csv", root / "results" / "smoke" / "detection" / "detection_rates.csv", root / "data"]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise RuntimeError(f"${SMOKE_JOB_ENV}={folder} is not a finished smoke main job (missing {missing}); "
+                           f"run `make test`, or unset {SMOKE_JOB_ENV} to let the tests run the job themselves")
+    return root
+
+
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory) -> Path:
-    """The smoke preset's clean and injected datasets, generated once by the main job's data stage."""
+    """The smoke preset's clean and injected datasets, generated once by the main job's data stage (or those of
+    the job `make test` ran; the tests copy them before writing anything)."""
+    reused = reused_smoke_job()
+    if reused is not None:
+        return reused / "data"
     base = tmp_path_factory.mktemp("smoke-data")
     result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke", "--data",
                              str(base / "data"), "--results", str(base / "results"), "--until", "data",
@@ -93,7 +117,10 @@ def smoke_data(tmp_path_factory) -> Path:
 def smoke_main_job(tmp_path_factory, smoke_data) -> Path:
     """The whole main job on the smoke preset (data, 4 models, detection benchmark), run once per session as
     ``make run PRESET=smoke`` runs it (two threads, two jobs): the pipeline tests read its outputs and the
-    reproducibility test compares a one-thread run against it."""
+    reproducibility test compares a one-thread run against it. Under `make test`, the job it ran first."""
+    reused = reused_smoke_job()
+    if reused is not None:
+        return reused
     return run_smoke_job(tmp_path_factory.mktemp("smoke-job") / "two-threads", smoke_data, 2, 2)
 
 

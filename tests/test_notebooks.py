@@ -108,3 +108,50 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path):
     assert [p.name for p in failures.value.failed] == ["01_fails.ipynb"]
     assert [p.name for p in failures.value.written] == ["01_fails.ipynb", "02_runs.ipynb"]
     assert (tmp_path / "out" / "02_runs.ipynb").is_file()
+
+
+def test_notebooks_run_side_by_side_with_the_same_outputs_and_failures(tmp_path):
+    """jobs=2 executes two notebooks at once (their run intervals overlap), each with passive OpenMP, and gives
+    the same executed outputs and the same failure report as one at a time."""
+    import json
+
+    import nbformat
+
+    from seg4seg_utils.report.book import NotebookFailures
+
+    src = tmp_path / "src"
+    (src / "params").mkdir(parents=True)
+    (src / "params" / "smoke.yaml").write_text("PRESET: smoke\n")
+    record = ("import json, os, time\nt0 = time.time(); time.sleep(2)\n"
+              "print(json.dumps([t0, time.time(), os.environ.get('OMP_WAIT_POLICY'), PRESET]))")
+    for name, code in [("01_a.ipynb", record), ("02_b.ipynb", record),
+                       ("03_fails.ipynb", "assert PRESET == 'cpu', 'claim does not hold'")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('PRESET = "cpu"', metadata={"tags": ["parameters"]}),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, src / name)
+    printed = {}
+    for jobs in (1, 2):
+        with pytest.raises(NotebookFailures, match="claim does not hold") as failures:
+            run_notebooks("smoke", tmp_path / f"out{jobs}", folder=src, progress=False, jobs=jobs)
+        assert [p.name for p in failures.value.failed] == ["03_fails.ipynb"]
+        assert [p.name for p in failures.value.written] == ["01_a.ipynb", "02_b.ipynb", "03_fails.ipynb"]
+        printed[jobs] = [json.loads(nbformat.read(tmp_path / f"out{jobs}" / n, as_version=4).cells[-1].outputs[0]["text"])
+                         for n in ("01_a.ipynb", "02_b.ipynb")]
+    (a0, a1, *_), (b0, b1, *_) = printed[2]
+    assert a0 < b1 and b0 < a1, "with two jobs the two notebooks ran at the same time"
+    (a0, a1, *_), (b0, b1, *_) = printed[1]
+    assert a1 <= b0 or b1 <= a0, "with one job, one after the other"
+    assert [p[2:] for p in printed[2]] == [["PASSIVE", "smoke"]] * 2
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_notebooks("smoke", tmp_path / "out0", folder=src, progress=False, jobs=0)
+
+
+def test_side_by_side_starts_the_longest_chapters_first():
+    from seg4seg_utils.report.book import LONGEST_FIRST, execution_order
+
+    work = [(NOTEBOOK_DIR / n.name, n) for n in notebooks()]
+    order = [src.name[:2] for src, _ in execution_order(work)]
+    assert sorted(order) == sorted(n.name[:2] for n in notebooks()), "every chapter runs, once"
+    assert order[:len(LONGEST_FIRST)] == [p for p in LONGEST_FIRST if p in order]
+    assert set(LONGEST_FIRST) >= set(order), "every chapter has a place in the order"

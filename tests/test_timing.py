@@ -43,6 +43,24 @@ def test_stages_steps_set_up_and_total(tmp_path, monkeypatch):
     assert "| set-up" in text and "05_detection_rates" in text and "| total" in text
 
 
+def test_steps_run_side_by_side_count_once_in_their_stage(tmp_path, monkeypatch):
+    """Notebooks executed two at a time: the stage shows the wall time they covered, each row its own time."""
+    assert timing.covered_seconds([0.0, 10.0], [10.0, 5.0]) == pytest.approx(15.0)  # one after the other
+    assert timing.covered_seconds([0.0, 2.0, 3.0], [10.0, 5.0, 20.0]) == pytest.approx(23.0)  # overlapping
+    assert timing.covered_seconds([5.0, 0.0], [1.0, 2.0]) == pytest.approx(3.0)  # a gap is not covered
+    path = tmp_path / "timing.csv"
+    monkeypatch.setenv(timing.TIMING_ENV, str(path))
+    monkeypatch.setenv(timing.STARTED_ENV, "0.0")
+    timing.record("notebooks", "09_patch_slices", 10.0, 300.0)
+    timing.record("notebooks", "07_real_world", 10.0, 200.0)
+    timing.record("notebooks", "06_ablations", 210.0, 90.0)
+    table = timing.breakdown(timing.read_timing(path), now=320.0)
+    row = table[table["stage"] == "notebooks"].iloc[0]
+    assert row["seconds"] == pytest.approx(300.0) and "side by side" in row["step"]
+    assert list(table.loc[table["stage"] == "", "seconds"]) == [300.0, 200.0, 90.0]
+    assert table.loc[table["stage"] == "total", "seconds"].iloc[0] == pytest.approx(320.0)
+
+
 def test_cli_writes_the_breakdown_and_refuses_without_a_file(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(timing.TIMING_ENV, raising=False)
     assert main(["timing"]) == 2

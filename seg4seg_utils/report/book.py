@@ -14,7 +14,8 @@ import yaml
 
 from seg4seg_utils.timing import stage
 
-__all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "NotebookFailures", "notebooks", "preset_parameters", "run_notebooks",
+__all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "LONGEST_FIRST", "NotebookFailures", "notebooks", "preset_parameters",
+           "run_notebooks", "execution_order",
            "build_book", "glue", "plain"]
 
 REPO = Path(__file__).resolve().parents[2]  # seg4seg_utils/report/book.py -> the repository
@@ -69,41 +70,87 @@ def preset_parameters(preset: str, folder: str | os.PathLike = NOTEBOOK_DIR, **o
 
 def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] | None = None,
                   prepare_only: bool = False, progress: bool = True, folder: str | os.PathLike = NOTEBOOK_DIR,
-                  **overrides: Any) -> list[Path]:
+                  jobs: int = 1, **overrides: Any) -> list[Path]:
     """Execute (or, ``prepare_only``, just parameterise) every notebook with the preset into ``out_dir``.
 
     Sources are never modified: executed copies go to ``out_dir`` under the same names. Notebooks run with
     the repository root as working directory, so the relative data/results/runs paths are the CLI's.
     A notebook that raises does not stop the others (a failed check in one chapter should not hide the rest):
     they all run, then :class:`NotebookFailures` names every one that failed.
-    """
-    import papermill as pm
 
+    ``jobs`` > 1 executes that many notebooks side by side (one process each, the longest first, see
+    :func:`execution_order`). That changes no number: every notebook reads the main job's cached results and
+    writes only its own, caches are written atomically, and torch's thread count inside each computation is
+    pinned (:mod:`seg4seg_utils.kernels`). Their kernels wait passively (``OMP_WAIT_POLICY=PASSIVE``): two
+    notebooks training at once with spinning OpenMP threads would thrash on two cores.
+    """
     out = Path(out_dir).resolve()
     if out == Path(folder).resolve():
         raise ValueError("out_dir must not be the notebooks/ source folder: executed copies never overwrite sources")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
     params = preset_parameters(preset, folder, **overrides)
     chosen = [nb for nb in notebooks(folder) if not only or any(nb.name.startswith(o) for o in only)]
-    written, failed = [], {}
-    for nb in chosen:
-        t0 = time.perf_counter()
-        target = out / nb.name
-        try:
-            with stage("notebooks", nb.stem) if not prepare_only else nullcontext():
-                pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO),
-                                    prepare_only=prepare_only, progress_bar=False, kernel_name="python3",
-                                    log_output=False)
-        except pm.PapermillExecutionError as exc:
-            failed[target] = f"{exc.ename}: {exc.evalue}".strip()[:500]
-        _show_parameters_used(target, nb)
+    work = [(nb, out / nb.name) for nb in chosen]
+    failed: dict[Path, str] = {}
+
+    def report(nb: Path, target: Path, error: str | None, seconds: float) -> None:
+        if error is not None:
+            failed[target] = error
         if progress and not prepare_only:
-            status = "FAILED" if target in failed else "ran"
-            print(f"[seg4seg] {nb.name} ({preset}) {status} in {time.perf_counter() - t0:.0f} s -> {target}")
-        written.append(target)
+            print(f"[seg4seg] {nb.name} ({preset}) {'FAILED' if error is not None else 'ran'} in {seconds:.0f} s "
+                  f"-> {target}", flush=True)
+
+    if jobs == 1 or prepare_only or len(work) < 2:
+        for nb, target in work:
+            report(nb, target, *_execute_notebook(nb, target, params, prepare_only))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: each worker starts clean and hands its environment (passive OpenMP) to its kernels
+        with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_wait_passively) as pool:
+            futures = {pool.submit(_execute_notebook, nb, target, params, False): (nb, target)
+                       for nb, target in execution_order(work)}
+            for future in as_completed(futures):
+                report(*futures[future], *future.result())
+    written = [target for _, target in work]
     if failed:
-        raise NotebookFailures(failed, written)
+        raise NotebookFailures({t: failed[t] for t in written if t in failed}, written)
     return written
+
+
+# the longest chapters first, so that two workers finish together (cpu preset on 2 cores, measured with make run's
+# timing.md); a chapter not listed runs after these, in book order
+LONGEST_FIRST = ("09", "07", "06", "13", "11", "10", "14", "05", "12", "08", "03", "04", "02", "01", "00")
+
+
+def execution_order(work: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """``(source, target)`` pairs in the order side-by-side execution starts them: :data:`LONGEST_FIRST`."""
+    rank = {prefix: i for i, prefix in enumerate(LONGEST_FIRST)}
+    return sorted(work, key=lambda pair: rank.get(pair[0].name[:2], len(rank)))
+
+
+def _wait_passively() -> None:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by each kernel's OpenMP runtime when it starts
+
+
+def _execute_notebook(nb: Path, target: Path, params: dict[str, Any], prepare_only: bool) -> tuple[str | None, float]:
+    """Execute (or parameterise) one notebook into ``target``; returns (the error, or None; its wall seconds)."""
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    error = None
+    try:
+        with stage("notebooks", nb.stem) if not prepare_only else nullcontext():
+            pm.execute_notebook(str(nb), str(target), parameters=params, cwd=str(REPO), prepare_only=prepare_only,
+                                progress_bar=False, kernel_name="python3", log_output=False)
+    except pm.PapermillExecutionError as exc:
+        error = f"{exc.ename}: {exc.evalue}".strip()[:500]
+    _show_parameters_used(target, nb)
+    return error, time.perf_counter() - t0
 
 
 def _show_parameters_used(path: Path, source: Path | None = None) -> None:
