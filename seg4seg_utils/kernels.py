@@ -47,7 +47,8 @@ detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_
 say. Across x86-64 CPUs with AVX2: the same numbers are expected, because every library above runs its
 AVX2 code path on every such CPU; measured with a second cpu main job under one thread and an imitated
 AVX2-only MKL on an AVX-512 machine (identical datasets, models and detection rows; see the README). oneDNN may still block its loops by cache size, which
-``portable`` rules out. Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy/OpenBLAS versions.
+``portable`` rules out. **Measured not to hold** between an AMD EPYC and an Intel Xeon (AVX-512, AMX): same data and
+UMAP digests, different trained cpu models from the first one on (README, *Reproducibility*). Not covered: GPUs, ARM CPUs, other torch/oneDNN/MKL/numpy/OpenBLAS versions.
 """
 from __future__ import annotations
 
