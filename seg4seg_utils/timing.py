@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pandas as pd
 
-__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "Timed", "stage", "record", "read_timing", "covered_seconds", "breakdown",
-           "write_breakdown"]
+__all__ = ["TIMING_ENV", "STARTED_ENV", "FIELDS", "Timed", "stage", "record", "read_timing", "covered_seconds",
+           "breakdown", "write_breakdown"]
 
 TIMING_ENV = "SEG4SEG_TIMING"
 STARTED_ENV = "SEG4SEG_RUN_STARTED"

@@ -126,8 +126,8 @@ def test_notebooks_run_side_by_side_with_the_same_outputs_and_failures(tmp_path)
               "print(json.dumps([t0, time.time(), os.environ.get('OMP_WAIT_POLICY'), PRESET]))")
     for name, code in [("01_a.ipynb", record), ("02_b.ipynb", record),
                        ("03_fails.ipynb", "assert PRESET == 'cpu', 'claim does not hold'")]:
-        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('PRESET = "cpu"', metadata={"tags": ["parameters"]}),
-                                             nbformat.v4.new_code_cell(code)])
+        params = nbformat.v4.new_code_cell('PRESET = "cpu"', metadata={"tags": ["parameters"]})
+        nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(code)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src / name)
     printed = {}
@@ -136,8 +136,8 @@ def test_notebooks_run_side_by_side_with_the_same_outputs_and_failures(tmp_path)
             run_notebooks("smoke", tmp_path / f"out{jobs}", folder=src, progress=False, jobs=jobs)
         assert [p.name for p in failures.value.failed] == ["03_fails.ipynb"]
         assert [p.name for p in failures.value.written] == ["01_a.ipynb", "02_b.ipynb", "03_fails.ipynb"]
-        printed[jobs] = [json.loads(nbformat.read(tmp_path / f"out{jobs}" / n, as_version=4).cells[-1].outputs[0]["text"])
-                         for n in ("01_a.ipynb", "02_b.ipynb")]
+        executed = [nbformat.read(tmp_path / f"out{jobs}" / n, as_version=4) for n in ("01_a.ipynb", "02_b.ipynb")]
+        printed[jobs] = [json.loads(nb.cells[-1].outputs[0]["text"]) for nb in executed]
     (a0, a1, *_), (b0, b1, *_) = printed[2]
     assert a0 < b1 and b0 < a1, "with two jobs the two notebooks ran at the same time"
     (a0, a1, *_), (b0, b1, *_) = printed[1]
