@@ -122,7 +122,8 @@ def test_notebooks_run_side_by_side_with_the_same_outputs_and_failures(tmp_path)
     src = tmp_path / "src"
     (src / "params").mkdir(parents=True)
     (src / "params" / "smoke.yaml").write_text("PRESET: smoke\n")
-    record = ("import json, os, time\nt0 = time.time(); time.sleep(2)\n"
+    # each notebook sleeps long enough for the other kernel to start while it runs (when they run side by side)
+    record = ("import json, os, time\nt0 = time.time(); time.sleep(4)\n"
               "print(json.dumps([t0, time.time(), os.environ.get('OMP_WAIT_POLICY'), PRESET]))")
     for name, code in [("01_a.ipynb", record), ("02_b.ipynb", record),
                        ("03_fails.ipynb", "assert PRESET == 'cpu', 'claim does not hold'")]:

@@ -122,9 +122,10 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
     return written
 
 
-# the longest chapters first, so that two workers finish together (cpu preset on 2 cores, measured with make run's
-# timing.md); a chapter not listed runs after these, in book order
-LONGEST_FIRST = ("09", "07", "06", "13", "11", "10", "14", "05", "12", "08", "03", "04", "02", "01", "00")
+# the longest chapters first, so that two workers finish together: the cpu preset's times one at a time on a 2-core
+# Intel Xeon (timing.md, 2026-12-03: 09 459 s, 07 287, 06 126, 11 108, 13 51, 14 47, 08 26, 10 20, 12 17, 04 14,
+# 05 12, 03 8, 00 7, 02 6, 01 4); a chapter not listed runs after these, in book order
+LONGEST_FIRST = ("09", "07", "06", "11", "13", "14", "08", "10", "12", "04", "05", "03", "00", "02", "01")
 
 
 def execution_order(work: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
