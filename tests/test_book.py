@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
+import pytest
 import yaml
 
 from seg4seg_utils.report.book import IDEA_FIGURE, build_book, run_notebooks
@@ -50,7 +51,8 @@ def test_the_visible_parameters_cell_holds_the_values_the_chapter_ran_with(tmp_p
     params = nbformat.v4.new_code_cell('PRESET = "cpu"     # smoke | cpu | paper\nSEED = 0\nLIMIT = {\n  "a": 1}\n',
                                        metadata={"tags": ["parameters"]})
     _notebook(src / "01_ran.ipynb", [params, nbformat.v4.new_code_cell("print(f'ran with {PRESET} {SEED}')")])
-    [executed] = run_notebooks("smoke", tmp_path / "out", folder=src, progress=False, LIMIT={"a": 2}, EXTRA=1)
+    _notebook(src / "02_other.ipynb", [nbformat.v4.new_code_cell("EXTRA = 0", metadata={"tags": ["parameters"]})])
+    executed, other = run_notebooks("smoke", tmp_path / "out", folder=src, progress=False, LIMIT={"a": 2}, EXTRA=1)
     nb = nbformat.read(executed, as_version=4)
     shown = [c for c in nb.cells if "remove-cell" not in c.metadata.get("tags", [])]
     [cell] = [c for c in shown if "parameters" in c.metadata.get("tags", [])]
@@ -60,6 +62,11 @@ def test_the_visible_parameters_cell_holds_the_values_the_chapter_ran_with(tmp_p
     assert "cpu\"" not in cell.source and "SEED = 0" not in cell.source
     assert not [c for c in shown if "injected-parameters" in c.metadata.get("tags", [])], "shown once, not twice"
     assert shown[-1].outputs[0]["text"].strip() == "ran with smoke 3", "what the cell says is what ran"
+    assert "EXTRA = 1" in nbformat.read(other, as_version=4).cells[0].source, "each notebook gets its own"
+    injected = "".join(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "LIMIT" in injected and "EXTRA" not in injected, "and only its own (papermill would warn of the rest)"
+    with pytest.raises(ValueError, match="no notebook .* has a parameter called EXTA"):  # a typo is named, not dropped
+        run_notebooks("smoke", tmp_path / "out", folder=src, progress=False, EXTA=1)
 
 
 def test_the_idea_figure_is_drawn_by_the_projects_code(tmp_path, monkeypatch):

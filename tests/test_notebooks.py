@@ -60,6 +60,8 @@ def test_notebook_conventions(path):
     assert any("assert" in "".join(c["source"]) and "# check" in "".join(c["source"]) for c in cells), "a check cell"
     for c in cells:
         assert not c.get("outputs") and c.get("execution_count") is None, "commit notebooks without outputs"
+    ids = [c.get("id") for c in nb["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell has its own id (nbformat 4.5; else nbformat warns)"
 
 
 def test_preset_parameter_files():
@@ -72,8 +74,8 @@ def test_preset_parameter_files():
 
 def test_papermill_injects_parameters_and_never_touches_sources(tmp_path):
     before = {p: p.read_bytes() for p in NOTEBOOKS}
-    written = run_notebooks("smoke", tmp_path, only=["00"], prepare_only=True, SEED=7)
-    assert [p.name for p in written] == ["00_overview.ipynb"]
+    written = run_notebooks("smoke", tmp_path, only=["01"], prepare_only=True, SEED=7)  # 01 declares SEED
+    assert [p.name for p in written] == ["01_taxonomy.ipynb"]
     src = "".join("".join(c["source"]) for c in code_cells(written[0]))
     assert 'PRESET = "smoke"' in src and "SEED = 7" in src
     injected = [c for c in code_cells(written[0]) if "injected-parameters" in c["metadata"].get("tags", [])]

@@ -45,7 +45,7 @@ __all__ = [
 # Bump whenever any generator's output changes: it is part of the dataset config, so cached datasets
 # made by an older generator are rejected instead of silently mixed with new ones.
 # bumped per modality when its pixels change, so only that modality's cached datasets are invalidated
-GENERATOR_VERSIONS = {"ultrasound": "phantoms-1", "dermoscopy": "phantoms-2", "fundus": "phantoms-1"}
+GENERATOR_VERSIONS = {"ultrasound": "phantoms-1", "dermoscopy": "phantoms-2", "fundus": "phantoms-2"}
 
 
 # (image, mask), or (image, mask, attributes) with return_attributes=True
@@ -386,6 +386,15 @@ def _draw_hairs(img: np.ndarray, rng: np.random.Generator, px: float) -> np.ndar
 
 
 # ------------------------------------------------------------------------------------------- fundus
+# Vessel widths in pixels at 256 px (they scale with the image): vein and artery where they leave the disc, and
+# the narrowest a branch tapers to. Real FIVES vessels are 1-2 px at 256 px, but the cpu preset trains at 96 px,
+# where such vessels vanish: with widths 4/3/1 even the ground truth, resized to 96 px and back, reached a Dice of
+# only 0.59 against itself, and the clean model 0.43. At 8/6/3 that resolution ceiling is 0.88 and a cpu-preset
+# model reaches 0.86-0.87 on images without the failure (tests/test_phantoms.py; issue 15's "realistic baselines").
+VESSEL_WIDTHS = {2: 8.0, 1: 6.0}
+VESSEL_MIN_WIDTH = 3.0
+
+
 class _Draws:
     """Pre-drawn random numbers consumed one by one: scalar calls on a Generator are slow in a Python loop."""
 
@@ -413,9 +422,9 @@ class _VesselTree:
     """Grows vessels as steered random walks that branch recursively, and draws them into a label image."""
 
     def __init__(self, draws: _Draws, centre: tuple[float, float], radius: float, fovea: tuple[float, float],
-                 scale: float, layer: ImageDraw.ImageDraw):
+                 scale: float, layer: ImageDraw.ImageDraw, min_width: float = 1.0):
         self.r, self.centre, self.radius, self.fovea = draws, centre, radius, fovea
-        self.scale, self.draw = scale, layer
+        self.scale, self.draw, self.min_width = scale, layer, min_width
         self.step = max(1.0, 2.5 * scale)
 
     def grow(self, x: float, y: float, heading: float, width: float, length: float, label: int,
@@ -435,13 +444,13 @@ class _VesselTree:
                 break  # the fovea is vessel-free
             pts.append((x, y))
             widths.append(width)
-            if width > 1.2 and depth < 6 and r.uniform() < 0.07:
+            if width > 1.2 * self.min_width and depth < 6 and r.uniform() < 0.07:
                 side = 1 if r.uniform() < 0.5 else -1
-                child_w = max(1.0, width * r.uniform(0.5, 0.8))
+                child_w = max(self.min_width, width * r.uniform(0.5, 0.8))
                 self.grow(x, y, heading + side * r.uniform(0.5, 1.2), child_w, (length - travelled) * r.uniform(0.4, 0.9)
                           + 10 * self.scale, label, heading + side * 0.3, 0.03, depth + 1)
-                width = max(1.0, width * 0.9)  # the parent thins after giving off a branch
-            width = max(1.0, width - 0.004 * self.step)  # and tapers with distance
+                width = max(self.min_width, width * 0.9)  # the parent thins after giving off a branch
+            width = max(self.min_width, width - 0.004 * self.step)  # and tapers with distance
         self._render(pts, widths, label)
 
     def _render(self, pts: list[tuple[float, float]], widths: list[float], label: int) -> None:
@@ -516,9 +525,9 @@ def _draw_vessels(shape: tuple[int, int], rng: np.random.Generator, centre: tupl
     h, w = shape
     layer = Image.new("L", (w, h), 0)
     draws = _Draws(rng)
-    tree = _VesselTree(draws, centre, R, fovea, scale, ImageDraw.Draw(layer))
+    tree = _VesselTree(draws, centre, R, fovea, scale, ImageDraw.Draw(layer), VESSEL_MIN_WIDTH)
     temporal = 0.0 if nasal < 0 else math.pi  # heading pointing away from the disc, towards the macula
-    for label, width in ((2, 4.0), (1, 3.0)):  # veins first, arteries drawn over them
+    for label, width in ((2, VESSEL_WIDTHS[2]), (1, VESSEL_WIDTHS[1])):  # veins first, arteries drawn over them
         for up in (-1.0, 1.0):  # superior and inferior arcade
             x0 = disc[0] + draws.normal(0.25 * disc_r)
             y0 = disc[1] + up * draws.uniform(0.1, 0.4) * disc_r

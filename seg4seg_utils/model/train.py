@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from seg4seg_utils.kernels import kernel_report, pinned
 from seg4seg_utils.model.metrics import metrics_table
 
 __all__ = ["TrainingSetupError", "TrainConfig", "BinaryTask", "run_root", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
-           "build_model", "Run", "train", "predict_split"]
+           "build_model", "Run", "train", "predict_split", "resize_mask", "resolution_ceiling"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,8 +131,28 @@ def _load_pair(table: SampleTable, i: int, size: int) -> tuple[np.ndarray, np.nd
     if img.ndim == 2:  # grayscale ultrasound -> the 3-channel input the paper's U-Net takes
         img = np.repeat(img[..., None], 3, axis=2)
     img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return img.transpose(2, 0, 1), resize_mask(mask, size)[None]
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask resized to ``size`` x ``size`` as training sees it (bilinear, then half-way threshold)."""
     soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR))
-    return img.transpose(2, 0, 1), (soft >= 128)[None]
+    return soft >= 128
+
+
+def resolution_ceiling(masks: Iterable[np.ndarray], size: int, threshold: float = 0.5) -> np.ndarray:
+    """Per mask, the test Dice a *perfect* model trained at ``size`` px could reach: its training target (the
+    mask resized as :func:`resize_mask` does) upsampled back as :func:`predict_split` upsamples a prediction,
+    against the mask itself. Structures thinner than a pixel at ``size`` cap every model's Dice here."""
+    import torch
+    import torch.nn.functional as F
+
+    dice = []
+    for mask in masks:
+        small = torch.from_numpy(resize_mask(mask, size).astype(np.float32))[None, None]
+        full = F.interpolate(small, size=mask.shape, mode="bilinear", align_corners=False)[0, 0].numpy() > threshold
+        dice.append(metrics_table(full[None], np.asarray(mask, bool)[None])["dice"].iat[0])
+    return np.asarray(dice)
 
 
 def load_arrays(table: SampleTable, size: int, workers: int = 0, desc: str = "loading") -> tuple[np.ndarray, np.ndarray]:

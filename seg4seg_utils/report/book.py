@@ -15,6 +15,7 @@ import yaml
 from seg4seg_utils.timing import stage
 
 __all__ = ["NOTEBOOK_DIR", "IDEA_FIGURE", "LONGEST_FIRST", "NotebookFailures", "notebooks", "preset_parameters",
+           "declared_parameters",
            "run_notebooks", "execution_order",
            "build_book", "glue", "plain"]
 
@@ -93,6 +94,11 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
     params = preset_parameters(preset, folder, **overrides)
     chosen = [nb for nb in notebooks(folder) if not only or any(nb.name.startswith(o) for o in only)]
     work = [(nb, out / nb.name) for nb in chosen]
+    declared = {nb: declared_parameters(nb) for nb in notebooks(folder)}
+    known = set().union(*declared.values())
+    if set(overrides) - known:  # a typo would otherwise be dropped silently (each notebook gets only its own)
+        raise ValueError(f"no notebook in {folder} has a parameter called {', '.join(sorted(set(overrides) - known))}; "
+                         f"their parameters cells declare {sorted(known)}")
     failed: dict[Path, str] = {}
 
     def report(nb: Path, target: Path, error: str | None, seconds: float) -> None:
@@ -104,7 +110,7 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
 
     if jobs == 1 or prepare_only or len(work) < 2:
         for nb, target in work:
-            report(nb, target, *_execute_notebook(nb, target, params, prepare_only))
+            report(nb, target, *_execute_notebook(nb, target, _own(params, declared[nb]), prepare_only))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -112,7 +118,7 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
         # spawn, not fork: each worker starts clean and hands its environment (passive OpenMP) to its kernels
         with ProcessPoolExecutor(max_workers=min(jobs, len(work)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_wait_passively) as pool:
-            futures = {pool.submit(_execute_notebook, nb, target, params, False): (nb, target)
+            futures = {pool.submit(_execute_notebook, nb, target, _own(params, declared[nb]), False): (nb, target)
                        for nb, target in execution_order(work)}
             for future in as_completed(futures):
                 report(*futures[future], *future.result())
@@ -126,6 +132,19 @@ def run_notebooks(preset: str, out_dir: str | os.PathLike, only: Iterable[str] |
 # Intel Xeon (timing.md, 2026-12-03: 09 459 s, 07 287, 06 126, 11 108, 13 51, 14 47, 08 26, 10 20, 12 17, 04 14,
 # 05 12, 03 8, 00 7, 02 6, 01 4); a chapter not listed runs after these, in book order
 LONGEST_FIRST = ("09", "07", "06", "11", "13", "14", "08", "10", "12", "04", "05", "03", "00", "02", "01")
+
+
+def declared_parameters(nb: str | os.PathLike) -> set[str]:
+    """The names a notebook's ``parameters`` cell assigns (papermill's own reading of it)."""
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(nb)))
+
+
+def _own(params: dict[str, Any], declared: set[str]) -> dict[str, Any]:
+    """The parameters one notebook declares: the shared ``--set`` folders go only where a chapter uses them,
+    so papermill has nothing to warn about ("Passed unknown parameter")."""
+    return {k: v for k, v in params.items() if k in declared}
 
 
 def execution_order(work: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
