@@ -2,6 +2,7 @@
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -187,3 +188,42 @@ def test_workspace_picks_the_cell_asked_for(tmp_path):
         assert tc.prevalence == prevalence and test["failure"].astype(bool).mean() == pytest.approx(prevalence)
         assert tc.run.metrics()["failure"].astype(bool).mean() == pytest.approx(prevalence)
     assert ws.trained_case("A", 0.1).run.root != ws.trained_case("A", 0.2).run.root
+
+
+def test_false_alarms_slice_each_configuration_as_named(tmp_path, monkeypatch):
+    """Each configuration reaches the embedding (its image variant), the slicer (its settings) and the scores
+    (its performance column); the table gives every study x configuration a false-alarm rate with k/n."""
+    from seg4seg_utils.discovery import embed, judge
+    from seg4seg_utils.model.train import train
+    from seg4seg_utils.studies import pipeline
+
+    ws = Workspace("smoke", data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", cache_dir=None, progress=False)
+    fundus = ws.base_datasets(["fundus"])["fundus"]
+    seen: dict[str, list] = {"variant": [], "settings": [], "scores": []}
+    real_embed, real_fit = embed.embed_dataset, judge.fit_and_judge
+
+    def embed_spy(table, embedder, variant="x0", **kw):
+        seen["variant"].append(variant)
+        return real_embed(table, embedder, variant, **kw)
+
+    def fit_spy(Z, scores, attribute=None, **kw):
+        seen["settings"].append(kw["settings"])
+        seen["scores"].append(np.sort(np.asarray(scores)[:, 0]))
+        return real_fit(Z, scores, attribute, **kw)
+
+    monkeypatch.setattr(embed, "embed_dataset", embed_spy)
+    monkeypatch.setattr(judge, "fit_and_judge", fit_spy)
+    names = ("SEG4SEG | x0 + dice", "SEG4SEG soft-categorical | x0 + dice", "SEG4SEG | x0*M_GT + ppv")
+    configs = {name: pipeline.CONFIGURATIONS[name] for name in names}
+    dim = lambda m: m["illumination"] <= m["illumination"].quantile(0.25)  # noqa: E731
+    table = pipeline.false_alarms(ws, {"dim quarter": (fundus, dim)}, configs, n_slices=3)
+
+    n_seeds = len(ws.preset.slicer_seeds)
+    assert list(table["setting"]) == list(names) and (table["study"] == "dim quarter").all()
+    assert (table["n"] == n_seeds).all() and (table["k"] == (table["false_alarm_rate"] * n_seeds).round()).all()
+    assert ((table["ci_low"] <= table["false_alarm_rate"]) & (table["false_alarm_rate"] <= table["ci_high"])).all()
+    assert seen["variant"] == ["x0", "x0", "x0*M_GT"]
+    assert [s.performance_model for s in seen["settings"]] == ["gaussian"] * n_seeds + ["soft_categorical"] * n_seeds \
+        + ["gaussian"] * n_seeds
+    metrics = train(fundus, ws.train_config(), runs_dir=ws.runs, progress=False).metrics()  # read back, not retrained
+    assert np.allclose(seen["scores"][0], np.sort(metrics["dice"])) and np.allclose(seen["scores"][-1], np.sort(metrics["ppv"]))

@@ -20,7 +20,8 @@ from seg4seg_utils.studies.workspace import CaseDataset, TrainedCase, Workspace
 from seg4seg_utils.timing import stage
 
 __all__ = ["counts_table", "write_data_summary", "run_data_job", "gap_table", "train_grid",
-           "detection_benchmark", "ablation", "gamma_sweep", "attribute_study", "run_job"]
+           "detection_benchmark", "ablation", "gamma_sweep", "CONFIGURATIONS", "attribute_study", "false_alarms",
+           "run_job"]
 
 
 def counts_table(grid: list[CaseDataset]) -> pd.DataFrame:
@@ -213,13 +214,26 @@ def gamma_sweep(ws: Workspace, trained: Sequence[TrainedCase] | None = None,
     return table
 
 
+#: the configurations notebook 06 compares and the book recommends, by their ablation names: (image variant,
+#: performance scores, slicer settings). The default first; x0*M_GT for failures that live in the mask (case C).
+CONFIGURATIONS: dict[str, tuple[str, tuple[str, ...], SlicerSettings]] = {
+    "SEG4SEG | x0 + dice": ("x0", ("dice",), SlicerSettings()),
+    "SEG4SEG soft-categorical | x0 + dice": ("x0", ("dice",), SlicerSettings(performance_model="soft_categorical")),
+    "SEG4SEG | x0 + npv": ("x0", ("npv",), SlicerSettings()),
+    "SEG4SEG | x0*M_GT + dice": ("x0*M_GT", ("dice",), SlicerSettings()),
+    "SEG4SEG | x0*M_GT + ppv": ("x0*M_GT", ("ppv",), SlicerSettings()),
+}
+
+
 def attribute_study(ws: Workspace, table: SampleTable, attribute: Callable[[pd.DataFrame], np.ndarray],
-                    n_slices: int = 10) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
+                    n_slices: int = 10, variant: str = "x0", performance: Sequence[str] = ("dice",),
+                    settings: SlicerSettings = SlicerSettings()) -> tuple[pd.DataFrame, dict[str, float], pd.DataFrame]:
     """Train on a dataset with a *naturally occurring* attribute (no injection) and ask whether SEG4SEG finds it.
 
     ``attribute(metrics) -> bool array`` marks the subgroup from the per-image metrics table (which carries
-    every column of the sample table, e.g. ``quality`` or ``annotation_style``). Returns (one row per slicer
-    seed, the subgroup's Dice gap, the run's metrics with an ``attribute`` column).
+    every column of the sample table, e.g. ``quality`` or ``annotation_style``); the slicer sees the image
+    ``variant``, the ``performance`` scores and ``settings`` (one of :data:`CONFIGURATIONS`). Returns (one row per
+    slicer seed, the subgroup's Dice gap, the run's metrics with an ``attribute`` column).
     """
     from seg4seg_utils.discovery.embed import embed_dataset, performance_matrix
     from seg4seg_utils.discovery.judge import fit_and_judge, reduced
@@ -229,15 +243,39 @@ def attribute_study(ws: Workspace, table: SampleTable, attribute: Callable[[pd.D
     run = train(table, ws.train_config(), runs_dir=ws.runs, progress=ws.progress)
     metrics = run.metrics()
     metrics["attribute"] = np.asarray(attribute(metrics), dtype=bool)
-    emb = embed_dataset(table, ws.embedder, "x0", run=run, cache_dir=ws.cache_dir, progress=ws.progress)
+    emb = embed_dataset(table, ws.embedder, variant, run=run, cache_dir=ws.cache_dir, progress=ws.progress)
     metrics = metrics.set_index("id").loc[emb.ids].reset_index()
-    dice = performance_matrix(metrics, ("dice",), ids=emb.ids)
+    scores = performance_matrix(metrics, tuple(performance), ids=emb.ids)
     rows = []
     for seed in ws.preset.slicer_seeds:
-        Z = reduced(emb.X, SlicerSettings(), seed, ws.reduced_cache)
-        _, report = fit_and_judge(Z, dice, metrics["attribute"].to_numpy(), n_slices=n_slices, seed=seed)
+        Z = reduced(emb.X, settings, seed, ws.reduced_cache)
+        _, report = fit_and_judge(Z, scores, metrics["attribute"].to_numpy(), n_slices=n_slices, settings=settings,
+                                  seed=seed)
         rows.append({"slicer_seed": seed, **report.to_row()})
     return pd.DataFrame(rows), subgroup_gap(metrics, "attribute", "dice"), metrics
+
+
+def false_alarms(ws: Workspace, studies: dict[str, tuple[SampleTable, Callable[[pd.DataFrame], np.ndarray]]],
+                 configurations: dict[str, tuple[str, tuple[str, ...], SlicerSettings]] | None = None,
+                 n_slices: int = 10) -> pd.DataFrame:
+    """Negative controls: every configuration sliced against subgroups the model does *not* fail on.
+
+    ``studies`` maps a name to (dataset, attribute) as :func:`attribute_study` takes them; each should be a
+    subgroup that looks different but is segmented about as well as the rest (check its ``gap`` and ``p_value``
+    here). The right answer is "no problematic slice", so every fit that meets the success criterion is a false
+    alarm: one row per study and configuration (default :data:`CONFIGURATIONS`) with the false-alarm rate over
+    the slicer seeds, its count and 95 % Wilson interval, and the subgroup's gap.
+    """
+    from seg4seg_utils.stats import with_detection_counts
+
+    rows = []
+    for study, (table, attribute) in studies.items():
+        for name, (variant, performance, settings) in (configurations or CONFIGURATIONS).items():
+            per_seed, gap, _ = attribute_study(ws, table, attribute, n_slices, variant, performance, settings)
+            rows.append({"study": study, "setting": name, "false_alarm_rate": per_seed["success"].mean(),
+                         "n_seeds": len(per_seed), "purity_pass": per_seed["purity_pass"].mean(),
+                         "gap": gap["gap"], "p_value": gap["p_value"]})
+    return with_detection_counts(pd.DataFrame(rows), rate="false_alarm_rate")
 
 
 def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
