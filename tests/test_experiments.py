@@ -226,4 +226,5 @@ def test_false_alarms_slice_each_configuration_as_named(tmp_path, monkeypatch):
     assert [s.performance_model for s in seen["settings"]] == ["gaussian"] * n_seeds + ["soft_categorical"] * n_seeds \
         + ["gaussian"] * n_seeds
     metrics = train(fundus, ws.train_config(), runs_dir=ws.runs, progress=False).metrics()  # read back, not retrained
-    assert np.allclose(seen["scores"][0], np.sort(metrics["dice"])) and np.allclose(seen["scores"][-1], np.sort(metrics["ppv"]))
+    assert np.allclose(seen["scores"][0], np.sort(metrics["dice"]))
+    assert np.allclose(seen["scores"][-1], np.sort(metrics["ppv"]))
