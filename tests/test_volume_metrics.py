@@ -102,3 +102,21 @@ def test_timing_128():
     start = time.perf_counter()
     surface_scores(np.ones((128,) * 3, bool), np.roll(truth, 2, axis=1) > 0, (1.0, 1.0, 1.0))
     print(f"surface_scores, 128^3, a mask filling the volume (no crop): {time.perf_counter() - start:.3f} s")
+
+
+def test_surface_scores_in_2d_count_boundary_pixels():
+    """In 2-D the surface is the boundary pixels (edge neighbours). A 10 x 10 square against itself shifted by one
+    pixel: 36 boundary pixels each; the shifted square's boundary lies within 1 px of the truth's (and back), and
+    within 0.5 px only where the two coincide: 9 pixels of the top row and 9 of the bottom row, on each side, so
+    2 x 18 of the 72 (counted by hand)."""
+    t = np.zeros((16, 16), bool)
+    t[2:12, 3:13] = True
+    p = np.roll(t, 1, axis=1)
+    assert surface_scores(t, t, (1.0, 1.0)) == (1.0, 0.0)
+    nsd, hd95 = surface_scores(t, p, (1.0, 1.0), tolerance_mm=1.0)
+    assert nsd == 1.0 and hd95 == 1.0
+    strict, _ = surface_scores(t, p, (1.0, 1.0), tolerance_mm=0.5)
+    assert strict == pytest.approx(36 / 72)
+    assert surface_scores(t, p, (2.0, 2.0), tolerance_mm=1.0)[1] == 2.0  # pixel size scales the distances
+    with pytest.raises(ValueError, match="2 positive"):
+        surface_scores(t, p, (1.0, 1.0, 1.0))

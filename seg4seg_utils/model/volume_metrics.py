@@ -54,15 +54,14 @@ from seg4seg_utils.model.metrics import METRICS, segmentation_metrics
 __all__ = ["VOLUME_METRICS", "volume_metrics", "surface_scores", "volume_metrics_table"]
 
 VOLUME_METRICS: tuple[str, ...] = (*METRICS, "surface_dice", "hd95")
-_CROSS = ndimage.generate_binary_structure(3, 1)  # face neighbours: a surface voxel touches the outside by a face
 _SLACK_MM = 1e-6  # float rounding of distances summed from non-integer spacings
 
 
-def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def _spacing(spacing: Sequence[float], ndim: int = 3) -> tuple[float, ...]:
     s = tuple(float(v) for v in spacing)
-    if len(s) != 3 or not all(np.isfinite(v) and v > 0 for v in s):
-        raise ValueError(f"spacing must be three positive voxel sizes in mm, got {spacing}")
-    return s  # type: ignore[return-value]
+    if len(s) != ndim or not all(np.isfinite(v) and v > 0 for v in s):
+        raise ValueError(f"spacing must be {ndim} positive voxel sizes in mm, got {spacing}")
+    return s
 
 
 def _diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -70,16 +69,19 @@ def _diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
+    # face (edge, in 2-D) neighbours: a surface voxel touches the outside by a face
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
 def surface_scores(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
                    tolerance_mm: float = 1.0) -> tuple[float, float]:
-    """``(surface_dice, hd95)`` of two boolean 3-D masks (rules and empty-mask values in the module docstring)."""
-    spacing = _spacing(spacing)
+    """``(surface_dice, hd95)`` of two boolean 3-D masks, or 2-D ones with a 2-D ``spacing`` (pixel sizes; the
+    surface is then the boundary pixels): rules and empty-mask values in the module docstring."""
     t, p = np.asarray(truth, dtype=bool), np.asarray(prediction, dtype=bool)
-    if t.shape != p.shape or t.ndim != 3:
-        raise ValueError(f"truth {t.shape} and prediction {p.shape} must be 3-D masks of one shape")
+    if t.shape != p.shape or t.ndim not in (2, 3):
+        raise ValueError(f"truth {t.shape} and prediction {p.shape} must be 2-D or 3-D masks of one shape")
+    spacing = _spacing(spacing, t.ndim)
     has_t, has_p = bool(t.any()), bool(p.any())
     if not has_t and not has_p:
         return 1.0, 0.0
