@@ -18,6 +18,7 @@ def bench():
 
 def test_boundary_benchmark_on_smoke(bench, tmp_path, capsys):
     from seg4seg_utils.data.records import write_png
+    from seg4seg_utils.studies import boundary
     from seg4seg_utils.studies.workspace import Workspace
 
     args = ["--preset", "smoke", "--cases", "C", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
@@ -25,7 +26,7 @@ def test_boundary_benchmark_on_smoke(bench, tmp_path, capsys):
     table = bench.main(args)
     out = tmp_path / "results" / "smoke" / "boundary"
     assert "[bench] C at 20%" in capsys.readouterr().out
-    assert len(table) == len(bench.VARIANTS) * len(bench.SCORES)
+    assert len(table) == len(boundary.VARIANTS) * len(boundary.SCORES)
     assert set(table["performance"]) == {"dice", "surface_dice", "dice+surface_dice"}
     assert (table["k"] == (table["detection_rate"] * table["n"]).round()).all()
     scores = pd.read_csv(out / "boundary_scores.csv")
@@ -40,7 +41,7 @@ def test_boundary_benchmark_on_smoke(bench, tmp_path, capsys):
     test = tc.table.split("test")
     sid = test.df["id"].iat[0]
     write_png(test.mask(0), tc.run.root / "predictions" / f"{sid}.png")
-    row = bench.boundary_scores(tc, 2.0).set_index("id").loc[sid]
+    row = boundary.boundary_scores(tc, 2.0).set_index("id").loc[sid]
     assert row["surface_dice"] == 1.0 and row["hd95"] == 0.0
 
 
