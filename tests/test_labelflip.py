@@ -266,16 +266,20 @@ def test_multiclass_training_refuses_binary_data(tmp_path, tiny_run):
 
 def test_binary_run_hashes_are_pinned():
     """Binary runs keep their folders: the main job's models must still be found (the label-flip work adds
-    nothing to TrainConfig). Pinned from the code at TrainConfig.threads' introduction (which deliberately moved
-    every hash: the thread count changes the weights), including the main job's case B 5 % model."""
+    nothing to TrainConfig). smoke and paper are pinned from the code at TrainConfig.threads' introduction (which
+    deliberately moved every hash: the thread count changes the weights); they survived the later fields
+    lr_schedule and precision. cpu is pinned from the one-cycle schedule's introduction (which moved its hashes
+    on purpose), once per precision its "auto" can mean, including the main job's case B 5 % model."""
     from seg4seg_utils.model.train import run_root, train_preset
 
     table = SampleTable(Path("/nowhere/pinned"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
-    assert run_root(table, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-7653c81076"
+    assert run_root(table, train_preset("cpu", precision="fp32"), Path("runs"), None)[0].name == "resnet18-b6ccf7bb22"
+    assert run_root(table, train_preset("cpu", precision="bf16"), Path("runs"), None)[0].name == "resnet18-82684c6e2c"
     assert run_root(table, train_preset("smoke"), Path("runs"), None)[0].name == "resnet18-e3a9c0b120"
     assert run_root(table, train_preset("paper"), Path("runs"), None)[0].name == "resnet34-d8d484fba3"
     case_b = SampleTable(Path("/x/B-p05-seed0"), pd.DataFrame(), {"config_hash": "d8784cd925910ba1"})
-    assert run_root(case_b, train_preset("cpu"), Path("runs"), None)[0].name == "resnet18-2a55745853"
+    assert run_root(case_b, train_preset("cpu", precision="bf16"), Path("runs"), None)[0].name == "resnet18-62089bc958"
+    assert run_root(case_b, train_preset("cpu", precision="fp32"), Path("runs"), None)[0].name == "resnet18-47e9851712"
 
 
 def test_multiclass_run_folders_survive_the_single_training_loop():
@@ -286,7 +290,8 @@ def test_multiclass_run_folders_survive_the_single_training_loop():
 
     table = SampleTable(Path("/nowhere/twins"), pd.DataFrame(), {"config_hash": "0123456789abcdef"})
     assert run_root(table, train_preset("smoke"), Path("runs"), None, MulticlassTask(3))[0].name == "resnet18-mc3-5a640f78ad"
-    assert run_root(table, train_preset("cpu"), Path("runs"), None, MulticlassTask(3))[0].name == "resnet18-mc3-22349f37a6"
+    assert run_root(table, train_preset("cpu", precision="fp32"), Path("runs"), None, MulticlassTask(3))[0].name == \
+        "resnet18-mc3-aec27a151f"
     assert run_root(table, train_preset("cpu"), Path("runs"), None, BinaryTask())[0].name == \
         run_root(table, train_preset("cpu"), Path("runs"), None)[0].name
     assert Run(Path("x"), train_preset("smoke")).task == "binary"

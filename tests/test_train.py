@@ -153,3 +153,68 @@ def test_encoder_weights_from_a_file(tmp_path):
         build_model(TrainConfig(encoder="resnet34", encoder_weights=str(path)))
     with pytest.raises(FileNotFoundError, match="not found"):
         build_model(TrainConfig(encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth")))
+
+
+def test_new_fields_at_their_old_defaults_keep_existing_run_folders(dataset, tmp_path):
+    """lr_schedule and precision came later: a config that leaves them at constant / fp32 names its run as before."""
+    cfg = smoke()
+    payload = T.run_hash_payload(cfg, {"config_hash": "x", "root": "r"})
+    assert "lr_schedule" not in payload["train"] and "precision" not in payload["train"]
+    for changed in (replace(cfg, lr_schedule="onecycle"), replace(cfg, precision="bf16")):
+        assert T.run_root(dataset, changed, tmp_path, None)[0] != T.run_root(dataset, cfg, tmp_path, None)[0]
+
+
+def test_onecycle_warms_up_then_decays_and_resumes_exactly(dataset, tmp_path, monkeypatch):
+    cfg = smoke(epochs=3, lr_schedule="onecycle", lr=2e-3)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = T.lr_scheduler(opt, cfg, steps_per_epoch=10)
+    rates = []
+    for _ in range(30):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = int(np.argmax(rates))
+    assert rates[0] < cfg.lr / 20 and abs(max(rates) - cfg.lr) < 1e-9 and 5 <= peak <= 12 and rates[-1] < cfg.lr / 100
+    assert T.lr_scheduler(opt, smoke(), 10) is None  # constant: no schedule
+    # an interrupted one-cycle run resumes on the same rate curve (the scheduler is in last.pt)
+    full = train(dataset, cfg, runs_dir=tmp_path / "full", progress=False)
+    train(dataset, cfg, runs_dir=tmp_path / "part", progress=False, stop_after_epoch=1)
+    resumed = train(dataset, cfg, runs_dir=tmp_path / "part", progress=False)
+    wf, wr = weights(full), weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch):
+    from seg4seg_utils import kernels
+
+    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: True)
+    assert kernels.training_precision("auto", "cpu") == "bf16"
+    assert kernels.training_precision("auto", torch.device("cuda")) == "fp32"  # accelerators: their own AMP
+    monkeypatch.setenv("SEG4SEG_KERNELS", "portable")  # no oneDNN, no AMX
+    assert kernels.training_precision("auto", "cpu") == "fp32"
+    monkeypatch.delenv("SEG4SEG_KERNELS")
+    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: False)
+    assert kernels.training_precision("auto", "cpu") == "fp32" and kernels.training_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        replace(smoke(), precision="fp16").validate()
+
+
+@pytest.mark.skipif(not __import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_has_amx_bf16(),
+                    reason="this CPU has no AMX-BF16: auto precision trains in fp32 here")
+def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_deterministic(dataset, tmp_path, capsys):
+    import json
+    import os
+
+    cfg = smoke(precision="auto")
+    a = train(dataset, cfg, runs_dir=tmp_path / "a", progress=False)
+    shown = capsys.readouterr().out  # without progress: the child's "[seg4seg]" line, not its loading bars
+    assert "[seg4seg] training" in shown and "it/s" not in shown
+    b = train(dataset, cfg, runs_dir=tmp_path / "b", progress=False)
+    assert a.done and a.config.precision == "bf16" and a.root != train(dataset, smoke(), runs_dir=tmp_path / "a",
+                                                                      progress=False).root
+    kernels_used = json.loads((a.root / "config.json").read_text())["kernels"]
+    assert kernels_used["precision"] == "bf16" and kernels_used["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_AMX"
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # this process keeps its cap
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

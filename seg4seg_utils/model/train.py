@@ -33,12 +33,14 @@ from tqdm.auto import tqdm
 
 from seg4seg_utils.config import PRESETS
 from seg4seg_utils.data.records import DatasetError, SampleTable, config_hash, write_png
-from seg4seg_utils.kernels import kernel_report, pinned
+from seg4seg_utils.kernels import BF16_TRAINING_ENV, PRECISIONS, training_precision, kernel_report, pinned
 from seg4seg_utils.model.metrics import metrics_table
 
-__all__ = ["TrainingSetupError", "TrainConfig", "BinaryTask", "run_root", "run_hash_payload", "input_stats", "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch",
-           "build_model", "Run", "train", "predict_split", "resize_mask", "resolution_ceiling"]
+__all__ = ["TrainingSetupError", "TrainConfig", "BinaryTask", "run_root", "run_hash_payload", "input_stats",
+           "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch", "build_model", "Run",
+           "resolved", "lr_scheduler", "LR_SCHEDULES", "train", "predict_split", "resize_mask", "resolution_ceiling"]
 
+LR_SCHEDULES = ("constant", "onecycle")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -57,7 +59,10 @@ class TrainConfig:
     image_size: int = 512
     epochs: int = 50
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 1e-4                       # Adam's learning rate; with lr_schedule "onecycle" its peak
+    lr_schedule: str = "constant"          # constant | onecycle (warm-up then cosine decay to ~0, per step)
+    precision: str = "fp32"                # CPU training: fp32 | bf16 (autocast on AMX) | auto (bf16 where the CPU
+                                           # has AMX-BF16); a run records the one it used (kernels.training_precision)
     rotation_deg: float = 15.0             # random rotation in [-deg, deg]; the paper does not give the range
     hflip: bool = True
     vflip: bool = True
@@ -76,6 +81,8 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (0 < self.lr < 1, "lr must lie in (0, 1)"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
             (0 <= self.rotation_deg <= 180, "rotation_deg must lie in [0, 180]"),
             (0 < self.threshold < 1, "threshold must lie in (0, 1)"),
             (self.device in ("auto", "cpu", "cuda", "mps"), "device must be auto, cpu, cuda or mps"),
@@ -274,11 +281,17 @@ class Run:
         return model.eval()
 
 
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``precision="auto"`` replaced by the precision it trains in on this machine."""
+    return replace(cfg, precision=training_precision(cfg.precision, select_device(cfg.device)))
+
+
 def run_root(table: SampleTable, cfg: TrainConfig, runs_dir: Path, name: str | None,
              task: "BinaryTask | None" = None) -> tuple[Path, dict[str, Any]]:
     """The run folder of ``table`` x ``cfg`` x ``task`` (``<runs>/<dataset>/<name><task tag>-<hash>``) and the
-    dataset record stored in its config.json."""
+    dataset record stored in its config.json. ``precision="auto"`` is named by what it means on this machine."""
     task = task or BinaryTask()
+    cfg = resolved(cfg)
     dataset = {"root": str(Path(table.root).resolve()), "config_hash": table.meta.get("config_hash"),
                "name": Path(table.root).name}
     digest = config_hash(run_hash_payload(cfg, dataset, **task.hash_extra()))
@@ -290,7 +303,11 @@ def run_hash_payload(cfg: TrainConfig, dataset: dict[str, Any], **extra: Any) ->
     kernel mode, since portable kernels train different weights (see :mod:`seg4seg_utils.kernels`)."""
     from seg4seg_utils.kernels import kernel_mode
 
-    payload = {"train": asdict(cfg), **extra, "dataset_hash": dataset["config_hash"] or dataset["root"]}
+    train_fields = asdict(cfg)
+    for name, old_default in (("lr_schedule", "constant"), ("precision", "fp32")):
+        if train_fields[name] == old_default:  # fields added later: runs made before them keep their folders
+            del train_fields[name]
+    payload = {"train": train_fields, **extra, "dataset_hash": dataset["config_hash"] or dataset["root"]}
     if kernel_mode() != "pinned":
         payload["kernels"] = kernel_mode()
     return payload
@@ -385,6 +402,18 @@ class BinaryTask:
         return {"test_dice": float(metrics["dice"].mean())}
 
 
+def lr_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The per-step learning-rate schedule of ``cfg`` (None for a constant rate). ``onecycle``: Smith's
+    one-cycle policy (torch's ``OneCycleLR``: 30 % warm-up from lr/25 to ``cfg.lr``, cosine decay to lr/25e4),
+    which reaches a given Dice in fewer epochs than a constant rate and ends on a settled model."""
+    import torch
+
+    if cfg.lr_schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                               cycle_momentum=False)
+
+
 def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", name: str | None = None,
           progress: bool = True, stop_after_epoch: int | None = None, task: BinaryTask | None = None) -> Run:
     """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on the task's validation score,
@@ -397,14 +426,20 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
     import torch
 
     task = task or BinaryTask()
-    cfg.validate()
+    device = select_device(cfg.validate().device)
+    cfg = resolved(cfg)  # a bf16 run and an fp32 run of the same data never share a folder
     root, dataset = run_root(table, cfg, Path(runs_dir), name, task)
     run = Run(root, cfg, dataset, task.out_channels if task.out_channels > 1 else None)
     if run.done:
         return run
+    if cfg.precision == "bf16" and os.environ.get("ONEDNN_MAX_CPU_ISA") != BF16_TRAINING_ENV["ONEDNN_MAX_CPU_ISA"]:
+        # oneDNN reads its cap once per process: this process keeps the AVX2 cap (embeddings, UMAP inputs) and a
+        # fresh one trains under the AMX cap, then the run is read back from its folder
+        _train_in_fresh_process(table, cfg, runs_dir, name, progress, stop_after_epoch, task)
+        return run
     train_t, val_t = train_val_tables(table, cfg)
-    device = select_device(cfg.device)
     amp = device.type == "cuda"
+    cpu_bf16 = device.type == "cpu" and cfg.precision == "bf16"
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -421,15 +456,16 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
         root.mkdir(parents=True, exist_ok=True)
         (root / "config.json").write_text(json.dumps({"train": asdict(cfg), **task.config_extra(), "dataset": dataset,
                                                       "initialisation": init, "device": str(device),
-                                                      "kernels": kernel_report(cfg.threads)}, indent=2))
+                                                      "kernels": kernel_report(cfg.threads, cfg.precision)}, indent=2))
         history: list[dict[str, Any]] = []
-        start_epoch, best = 1, -1.0
+        start_epoch, best, schedule_state = 1, -1.0, None
         if (root / "last.pt").is_file():  # resume an interrupted run exactly where it stopped
             state = torch.load(root / "last.pt", map_location=device, weights_only=False)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+            schedule_state = state.get("scheduler")
             print(f"[seg4seg] resuming {root.name} from epoch {state['epoch']}")
         elif progress or task.name == "binary":
             print(f"[seg4seg] {task.describe()} {root} on {device}; encoder {cfg.encoder}: {init}")
@@ -439,6 +475,11 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
         # a trailing batch of one sample would break BatchNorm (and carries little signal): drop it
         steps = len(x_tr) // cfg.batch_size + (len(x_tr) % cfg.batch_size > 1)
         n_seen = min(len(x_tr), steps * cfg.batch_size)
+        scheduler = lr_scheduler(optimizer, cfg, steps)
+        if scheduler is not None and schedule_state is not None:
+            scheduler.load_state_dict(schedule_state)
+            # the schedule's constructor set the optimizer's rate to its starting value: restore the saved one
+            optimizer.load_state_dict(state["optimizer"])
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
             t0 = time.perf_counter()
@@ -454,11 +495,13 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=amp):
+                with torch.autocast(device.type, dtype=torch.bfloat16 if cpu_bf16 else None, enabled=amp or cpu_bf16):
                     loss = loss_fn(model(x).float(), y)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if scheduler is not None:
+                    scheduler.step()
                 step_loss = loss.item()
                 total += step_loss * len(idx)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -473,7 +516,8 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
                 save_checkpoint(root / "best.pt", {"model": model.state_dict(), "epoch": epoch, "val_dice": val_score})
             save_checkpoint(root / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                 "scaler": scaler.state_dict(), "epoch": epoch, "history": history,
-                                                "best": best})
+                                                "best": best,
+                                                "scheduler": scheduler.state_dict() if scheduler else None})
             pd.DataFrame(history).to_csv(root / "history.csv", index=False)
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
                 return run
@@ -487,6 +531,54 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
                    "train_seconds": float(sum(h["seconds"] for h in history)), "n_train": len(x_tr)}
         (root / "done.json").write_text(json.dumps(summary, indent=2))
         return run
+
+
+def _train_in_fresh_process(table: SampleTable, cfg: TrainConfig, runs_dir, name, progress, stop_after_epoch,
+                            task) -> None:
+    """:func:`train` in a new interpreter whose environment is :data:`~seg4seg_utils.kernels.BF16_TRAINING_ENV`;
+    an error there is raised here. (A plain ``python -c`` child rather than multiprocessing's spawn, which
+    would re-run the caller's script when it lacks an ``if __name__ == "__main__"`` guard.)"""
+    import fcntl
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    # one bf16 training at a time on this machine: two side by side on 2 cores (notebooks 07 and 11, run in
+    # parallel by `make run`) took about 7 times as long each as one alone, not 2 times
+    lock_path = Path(tempfile.gettempdir()) / "seg4seg-bf16-training.lock"
+    with open(lock_path, "a") as lock, tempfile.TemporaryDirectory(prefix="seg4seg-train-") as tmp:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        job, outcome = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
+        job.write_bytes(pickle.dumps((table, cfg, runs_dir, name, progress, stop_after_epoch, task)))
+        code = "import sys; from seg4seg_utils.model.train import _train_job; _train_job(sys.argv[1], sys.argv[2])"
+        # without progress the child's output is kept (a notebook would show its loading bars), and only its
+        # "[seg4seg]" lines are passed on - all of it when it fails
+        quiet = {} if progress else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        done = subprocess.run([sys.executable, "-c", code, str(job), str(outcome)],
+                              env={**os.environ, **BF16_TRAINING_ENV}, **quiet)
+        error = pickle.loads(outcome.read_bytes()) if outcome.is_file() else None
+    if not progress:
+        output = done.stdout or ""
+        failed = error is not None or done.returncode != 0
+        print("".join(line for line in output.splitlines(keepends=True) if failed or line.startswith("[seg4seg]")),
+              end="")
+    if error is not None:
+        raise error
+    if done.returncode != 0:
+        raise RuntimeError(f"the bf16 training process of {table.root} ended with exit code {done.returncode}; "
+                           "its output is above. precision='fp32' trains in this process instead.")
+
+
+def _train_job(job: str, outcome: str) -> None:
+    """The child's side of :func:`_train_in_fresh_process`: train, or write the exception for the parent."""
+    import pickle
+
+    try:
+        train(*pickle.loads(Path(job).read_bytes()))
+    except BaseException as exc:  # handed to the parent, which raises it
+        Path(outcome).write_bytes(pickle.dumps(exc))
+        raise
 
 
 def predict_split(model, table: SampleTable, cfg: TrainConfig, device, out_dir: Path | None = None,
