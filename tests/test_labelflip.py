@@ -387,3 +387,18 @@ def test_the_study_writes_its_tables_and_rewrites_them_unchanged(tmp_path):
     lf.decomposition_by_group(m, None)
     assert lf.flip_risk_quality(pixels.assign(flipped=False), m, None)["pixel_auroc"] != \
         lf.flip_risk_quality(pixels.assign(flipped=False), m, None)["pixel_auroc"]  # NaN: nothing flipped
+
+
+def test_the_main_job_trains_the_twin_cells_model_chapter_11_reads():
+    """make run trains chapter 11's model ahead (pipeline.book_models): only with the chapter's own parameters
+    does the chapter find it instead of training a second one beside other chapters."""
+    import ast
+
+    import papermill as pm
+
+    from seg4seg_utils.report.book import NOTEBOOK_DIR
+    from seg4seg_utils.studies.labelflip import BOOK_PHANTOM
+
+    declared = pm.inspect_notebook(str(NOTEBOOK_DIR / "11_label_flips.ipynb"))
+    chapter = {name: ast.literal_eval(declared[name.upper()]["default"]) for name in BOOK_PHANTOM}
+    assert chapter == BOOK_PHANTOM

@@ -38,7 +38,8 @@ from seg4seg_utils.model.metrics import metrics_table
 
 __all__ = ["TrainingSetupError", "TrainConfig", "BinaryTask", "run_root", "run_hash_payload", "input_stats",
            "TRAIN_PRESETS", "train_preset", "select_device", "load_arrays", "augment_batch", "build_model", "Run",
-           "resolved", "lr_scheduler", "LR_SCHEDULES", "train", "predict_split", "resize_mask", "resolution_ceiling"]
+           "resolved", "lr_scheduler", "LR_SCHEDULES", "train", "TrainJob", "train_all", "predict_split", "resize_mask",
+           "resolution_ceiling"]
 
 LR_SCHEDULES = ("constant", "onecycle")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -435,7 +436,7 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
     if cfg.precision == "bf16" and os.environ.get("ONEDNN_MAX_CPU_ISA") != BF16_TRAINING_ENV["ONEDNN_MAX_CPU_ISA"]:
         # oneDNN reads its cap once per process: this process keeps the AVX2 cap (embeddings, UMAP inputs) and a
         # fresh one trains under the AMX cap, then the run is read back from its folder
-        _train_in_fresh_process(table, cfg, runs_dir, name, progress, stop_after_epoch, task)
+        _train_in_fresh_process([TrainJob(table, cfg, runs_dir, name, task)], progress, stop_after_epoch)
         return run
     train_t, val_t = train_val_tables(table, cfg)
     amp = device.type == "cuda"
@@ -533,11 +534,51 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
         return run
 
 
-def _train_in_fresh_process(table: SampleTable, cfg: TrainConfig, runs_dir, name, progress, stop_after_epoch,
-                            task) -> None:
-    """:func:`train` in a new interpreter whose environment is :data:`~seg4seg_utils.kernels.BF16_TRAINING_ENV`;
-    an error there is raised here. (A plain ``python -c`` child rather than multiprocessing's spawn, which
-    would re-run the caller's script when it lacks an ``if __name__ == "__main__"`` guard.)"""
+@dataclass(frozen=True)
+class TrainJob:
+    """One :func:`train` call, for :func:`train_all`: the dataset, configuration, runs folder, run name, task
+    (``None``: binary) and a label printed before it trains (``None``: nothing printed)."""
+
+    table: SampleTable
+    cfg: TrainConfig
+    runs_dir: str | Path = "runs"
+    name: str | None = None
+    task: Any = None
+    label: str | None = None
+
+
+def _needs_bf16_process(job: TrainJob) -> bool:
+    """Whether ``job`` still has to train, in bf16, in a process under the AMX cap other than this one."""
+    cfg = resolved(job.cfg)
+    if cfg.precision != "bf16" or os.environ.get("ONEDNN_MAX_CPU_ISA") == BF16_TRAINING_ENV["ONEDNN_MAX_CPU_ISA"]:
+        return False
+    root, _ = run_root(job.table, cfg, Path(job.runs_dir), job.name, job.task)
+    return not (root / "done.json").is_file()
+
+
+def train_all(jobs: Iterable[TrainJob], progress: bool = True) -> list[Run]:
+    """:func:`train` for every job, in order, with the same runs as one call each: finished runs are read back,
+    the others trained. The bf16 ones that still need training share **one** fresh process under the AMX cap
+    (each :func:`train` call seeds itself, so a model does not depend on what trained before it in the same
+    process); a process per model would pay Python's and torch's start-up once per model."""
+    jobs = list(jobs)
+    in_child = [job for job in jobs if _needs_bf16_process(job)]
+    if in_child:
+        _train_in_fresh_process(in_child, progress)
+    trained_there = {id(job) for job in in_child}
+    runs = []
+    for job in jobs:
+        if job.label and progress and id(job) not in trained_there:
+            print(job.label)
+        runs.append(train(job.table, job.cfg, job.runs_dir, job.name, progress=progress, task=job.task))
+    return runs
+
+
+def _train_in_fresh_process(jobs: list[TrainJob], progress: bool, stop_after_epoch: int | None = None) -> None:
+    """:func:`train` of each job, in one new interpreter whose environment is
+    :data:`~seg4seg_utils.kernels.BF16_TRAINING_ENV`; an error there is raised here. (A plain ``python -c``
+    child rather than multiprocessing's spawn, which would re-run the caller's script when it lacks an
+    ``if __name__ == "__main__"`` guard.)"""
     import fcntl
     import pickle
     import subprocess
@@ -549,13 +590,13 @@ def _train_in_fresh_process(table: SampleTable, cfg: TrainConfig, runs_dir, name
     lock_path = Path(tempfile.gettempdir()) / "seg4seg-bf16-training.lock"
     with open(lock_path, "a") as lock, tempfile.TemporaryDirectory(prefix="seg4seg-train-") as tmp:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        job, outcome = Path(tmp) / "job.pkl", Path(tmp) / "outcome.pkl"
-        job.write_bytes(pickle.dumps((table, cfg, runs_dir, name, progress, stop_after_epoch, task)))
+        job_file, outcome = Path(tmp) / "jobs.pkl", Path(tmp) / "outcome.pkl"
+        job_file.write_bytes(pickle.dumps((jobs, progress, stop_after_epoch)))
         code = "import sys; from seg4seg_utils.model.train import _train_job; _train_job(sys.argv[1], sys.argv[2])"
         # without progress the child's output is kept (a notebook would show its loading bars), and only its
         # "[seg4seg]" lines are passed on - all of it when it fails
         quiet = {} if progress else {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-        done = subprocess.run([sys.executable, "-c", code, str(job), str(outcome)],
+        done = subprocess.run([sys.executable, "-c", code, str(job_file), str(outcome)],
                               env={**os.environ, **BF16_TRAINING_ENV}, **quiet)
         error = pickle.loads(outcome.read_bytes()) if outcome.is_file() else None
     if not progress:
@@ -566,16 +607,22 @@ def _train_in_fresh_process(table: SampleTable, cfg: TrainConfig, runs_dir, name
     if error is not None:
         raise error
     if done.returncode != 0:
-        raise RuntimeError(f"the bf16 training process of {table.root} ended with exit code {done.returncode}; "
-                           "its output is above. precision='fp32' trains in this process instead.")
+        raise RuntimeError(f"the bf16 training process of {', '.join(str(j.table.root) for j in jobs)} ended with "
+                           f"exit code {done.returncode}; its output is above. precision='fp32' trains in this "
+                           "process instead.")
 
 
-def _train_job(job: str, outcome: str) -> None:
-    """The child's side of :func:`_train_in_fresh_process`: train, or write the exception for the parent."""
+def _train_job(job_file: str, outcome: str) -> None:
+    """The child's side of :func:`_train_in_fresh_process`: train each job, or write the exception for the
+    parent."""
     import pickle
 
     try:
-        train(*pickle.loads(Path(job).read_bytes()))
+        jobs, progress, stop_after_epoch = pickle.loads(Path(job_file).read_bytes())
+        for job in jobs:
+            if job.label and progress:
+                print(job.label, flush=True)
+            train(job.table, job.cfg, job.runs_dir, job.name, progress, stop_after_epoch, job.task)
     except BaseException as exc:  # handed to the parent, which raises it
         Path(outcome).write_bytes(pickle.dumps(exc))
         raise

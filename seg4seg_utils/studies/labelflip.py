@@ -19,10 +19,36 @@ import numpy as np
 import pandas as pd
 
 from seg4seg_utils.model.label_flips import group_decomposition, top_share
-from seg4seg_utils.studies.workspace import results_folder
+from seg4seg_utils.studies.workspace import Workspace, results_folder
 
-__all__ = ["RESULT_FILES", "flip_mass_concentration", "compare_performances", "decomposition_by_group",
+__all__ = ["RESULT_FILES", "BOOK_PHANTOM", "twins_dataset", "twins_model", "flip_mass_concentration", "compare_performances", "decomposition_by_group",
            "flip_risk_quality", "detection_by_performance", "flip_rate_per_slice"]
+
+#: the twin-cells phantom as chapter 11 runs it (its parameters cell): the main job trains this one's model ahead,
+#: so that the chapter, run beside others, only reads it (tests/test_labelflip.py checks the two agree)
+BOOK_PHANTOM = {"seed": 0, "train_alignment": 0.8, "cue_strength": 2.5, "test_shift": 0.25}
+
+
+def twins_dataset(ws: Workspace, seed: int, train_alignment: float, cue_strength: float, test_shift: float):
+    """The study's twin-cells phantom at the workspace's preset size (written once, then read back), in
+    ``<data>/<preset>/labelflip/``."""
+    from seg4seg_utils.data import twin_cells
+
+    n, size = ws.preset.labelflip.n_images, ws.preset.labelflip.image_size
+    folder = ws.data_dir / ws.preset.name / "labelflip" / f"twins-n{n}-s{size}-a{train_alignment}-c{cue_strength}"
+    return twin_cells.generate_labelflip_dataset(folder, n=n, size=size, seed=seed, train_alignment=train_alignment,
+                                                test_shift=test_shift, cue_strength=cue_strength, progress=False)
+
+
+def twins_model(ws: Workspace, table, seed: int):
+    """The study's multi-class U-Net on ``table``: the preset's training configuration at the study's size,
+    trained once, then read back."""
+    from seg4seg_utils.model.multiclass import train_multiclass
+    from seg4seg_utils.model.train import train_preset
+
+    cfg = train_preset(ws.preset.name, seed=seed, **ws.preset.labelflip.train_overrides())
+    return train_multiclass(table, cfg, ws.runs, progress=False)
+
 
 #: what the study writes into its results folder, by function
 RESULT_FILES = {"decomposition_by_group": ("decomposition_by_group.csv",),

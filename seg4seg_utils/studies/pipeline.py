@@ -21,7 +21,7 @@ from seg4seg_utils.timing import stage
 
 __all__ = ["counts_table", "write_data_summary", "run_data_job", "gap_table", "train_grid",
            "detection_benchmark", "ablation", "gamma_sweep", "CONFIGURATIONS", "attribute_study", "false_alarms",
-           "run_job"]
+           "book_models", "run_job"]
 
 
 def counts_table(grid: list[CaseDataset]) -> pd.DataFrame:
@@ -278,6 +278,28 @@ def false_alarms(ws: Workspace, studies: dict[str, tuple[SampleTable, Callable[[
     return with_detection_counts(pd.DataFrame(rows), rate="false_alarm_rate")
 
 
+#: the clean phantom datasets whose models chapter 07 reads (its negative controls)
+BOOK_CLEAN_MODALITIES = ("dermoscopy", "fundus")
+
+
+def book_models(ws: Workspace) -> list:
+    """Train (or read back) the models the book's later chapters read besides the grid's: a clean model per
+    modality of :data:`BOOK_CLEAN_MODALITIES` (chapter 07) and the twin-cells model (chapter 11, at
+    :data:`~seg4seg_utils.studies.labelflip.BOOK_PHANTOM`). ``make run`` trains them here, one after another,
+    so that the chapters, run two side by side, only read them (two trainings beside other chapters took
+    several times as long). Phantom presets only: on real data those chapters take their own datasets."""
+    from seg4seg_utils.model.train import TrainJob, train_all
+    from seg4seg_utils.studies import labelflip
+
+    if ws.real_root is not None or ws.preset.real_data:
+        return []
+    bases = ws.base_datasets(BOOK_CLEAN_MODALITIES)
+    runs = train_all([TrainJob(bases[m], ws.train_config(), ws.runs, label=f"[seg4seg] book model: clean {m}")
+                      for m in BOOK_CLEAN_MODALITIES], progress=ws.progress)
+    twins = labelflip.twins_dataset(ws, **labelflip.BOOK_PHANTOM)
+    return runs + [labelflip.twins_model(ws, twins, labelflip.BOOK_PHANTOM["seed"])]
+
+
 def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
     """The README's main job: data, one model per injected dataset, then the detection-rate benchmark.
 
@@ -295,6 +317,8 @@ def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
         out = ws.results("training")
         paths.update({"gaps": out / "gaps.md", "subgroup_gap": out / "subgroup_gap.png",
                       "learning_curves": out / "learning_curves.png"})
+        with stage("training") as timed:
+            timed.step = f"{len(book_models(ws))} models chapters 07 and 11 read"
     if until == "detect":
         with stage("detection", f"{len(trained)} models x {len(ws.preset.slicer_seeds)} slicer seeds"):
             detection_benchmark(ws, trained)

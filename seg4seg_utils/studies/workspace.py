@@ -174,19 +174,16 @@ class Workspace:
     def trained_cases(self, cases: Iterable[str] | Iterable[CaseDataset] = "ABCD") -> list[TrainedCase]:
         """One trained U-Net per injected dataset: finished runs are read back, missing ones trained
         (interrupted ones resumed). ``cases``: case letters, or :class:`CaseDataset` items already built."""
-        from seg4seg_utils.model.train import train
+        from seg4seg_utils.model.train import TrainJob, train_all
 
         grid = list(cases)
         if not grid or not isinstance(grid[0], CaseDataset):
             grid = self.case_datasets("".join(grid))
         cfg = self.train_config()
-        trained = []
-        for k, cd in enumerate(grid, 1):
-            if self.progress:
-                print(f"[seg4seg] model {k}/{len(grid)}: {injected_name(cd.case, cd.prevalence, cd.seed)}")
-            run = train(cd.table, cfg, runs_dir=self.runs, progress=self.progress)
-            trained.append(TrainedCase(cd.case, cd.prevalence, cd.seed, cd.table, run))
-        return trained
+        runs = train_all([TrainJob(cd.table, cfg, self.runs, label=f"[seg4seg] model {k}/{len(grid)}: "
+                                   f"{injected_name(cd.case, cd.prevalence, cd.seed)}")
+                          for k, cd in enumerate(grid, 1)], progress=self.progress)
+        return [TrainedCase(cd.case, cd.prevalence, cd.seed, cd.table, run) for cd, run in zip(grid, runs)]
 
     def trained_case(self, case: str, prevalence: float, seed: int | None = None) -> TrainedCase:
         """The trained model of one cell of the grid, e.g. ``ws.trained_case("A", 0.10)`` (data seed: the
