@@ -223,6 +223,35 @@ def test_segmentation_encoder_and_predicted_masks(table, smoke_run, tmp_path):
         E.embed_dataset(stranger, seg, "x0*M_pred", run=smoke_run, cache_dir=None, progress=False)
 
 
+# ------------------------------------------------------------------------------------------ mask shapes
+def test_shape_variants_describe_the_masks_not_the_images(table, smoke_run):
+    from seg4seg_utils.data.records import read_mask
+    from seg4seg_utils.discovery.descriptors import MASK_DESCRIPTOR_NAMES, mask_descriptors
+
+    test = table.split("test")
+    gt = E.embed_dataset(table, CountingEmbedder(), "shape(M_GT)", cache_dir=None, progress=False)
+    assert gt.ids == test.df["id"].tolist() and gt.X.shape == (len(test), len(MASK_DESCRIPTOR_NAMES))
+    assert gt.embedder_name == E.SHAPE_EMBEDDER_NAME and "embedder" not in gt.key  # no image embedder involved
+    def standardised(raw):  # each column over the split; a constant one is 0, not NaN
+        varies = raw.std(axis=0) > 0
+        return np.where(varies, (raw - raw.mean(0)) / np.where(varies, raw.std(0), 1), 0)
+
+    raw = np.array([[mask_descriptors(test.mask(i))[n] for n in MASK_DESCRIPTOR_NAMES] for i in range(len(test))])
+    np.testing.assert_allclose(gt.X, standardised(raw), rtol=1e-5, atol=1e-5)
+    assert np.isfinite(gt.X).all()
+    # the same images with the predicted masks give other rows: the shape, not the pixels, is what is described
+    pred = E.embed_dataset(table, CountingEmbedder(), "shape(M_pred)", run=smoke_run, cache_dir=None, progress=False)
+    metrics = smoke_run.metrics().set_index("id")
+    raw_pred = np.array([[mask_descriptors(read_mask(smoke_run.root / metrics.loc[sid, "prediction"]))[n]
+                          for n in MASK_DESCRIPTOR_NAMES] for sid in test.df["id"]])
+    assert not np.allclose(raw_pred, raw) and pred.key["run"] == smoke_run.root.name
+    np.testing.assert_allclose(pred.X, standardised(raw_pred), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs run="):
+        E.embed_dataset(table, CountingEmbedder(), "shape(M_pred)", cache_dir=None, progress=False)
+    with pytest.raises(ValueError, match="shape\\(M_GT\\)"):
+        E.embed_dataset(table, CountingEmbedder(), "shape(M)", cache_dir=None, progress=False)
+
+
 # ----------------------------------------------------------------------------------- performance_matrix
 def test_performance_matrix():
     m = pd.DataFrame({"id": ["a", "b", "c"], "dice": [0.9, 0.5, 0.1], "iou": [0.8, 0.3, 0.05], "site": ["x"] * 3})

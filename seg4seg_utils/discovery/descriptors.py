@@ -38,7 +38,7 @@ from scipy.spatial import ConvexHull, QhullError
 from skimage import measure, segmentation
 
 __all__ = ["DESCRIPTORS", "DESCRIPTOR_NAMES", "SOFT_DESCRIPTORS", "NOTHING_SIGNIFICANT", "describe_image",
-           "describe_images", "error_descriptors", "polygonality", "contrast_slices", "describe_slice",
+           "describe_images", "mask_descriptors", "MASK_DESCRIPTOR_NAMES", "error_descriptors", "polygonality", "contrast_slices", "describe_slice",
            "top_descriptor"]
 
 #: The descriptors, by family, with the words that name a slice whose mean is higher / lower than the rest's.
@@ -85,6 +85,8 @@ DESCRIPTORS: pd.DataFrame = pd.DataFrame.from_records([
 ], columns=["name", "family", "higher", "lower", "comparative", "unit", "explanation"]).set_index("name")
 
 DESCRIPTOR_NAMES: tuple[str, ...] = tuple(DESCRIPTORS.index)
+#: the shape descriptors of a mask alone (the "mask" family), what :func:`mask_descriptors` returns
+MASK_DESCRIPTOR_NAMES: tuple[str, ...] = tuple(DESCRIPTORS.index[DESCRIPTORS["family"] == "mask"])
 
 #: words for the scores only probability outputs allow (:data:`seg4seg_utils.model.metrics.SOFT_METRICS`): they
 #: describe the prediction, like the error family, so they say how the model fails, never what the inputs share
@@ -245,7 +247,7 @@ def _convex_image(component: np.ndarray, outline: np.ndarray) -> np.ndarray:
     return ((cols >= left[:, None] - eps) & (cols <= right[:, None] + eps)) | component
 
 
-def _mask_descriptors(truth: np.ndarray) -> dict[str, float]:
+def mask_descriptors(truth: np.ndarray) -> dict[str, float]:
     """Shape descriptors of the ground-truth foreground (any non-zero label)."""
     fg = truth > 0
     h, w = fg.shape
@@ -339,7 +341,7 @@ def describe_image(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray)
     if truth.ndim != 2 or truth.shape != prediction.shape or image.shape[:2] != truth.shape:
         raise ValueError(f"image {image.shape}, truth {truth.shape} and prediction {prediction.shape} must share "
                          "one HxW (truth and prediction 2-D label maps)")
-    values = {**_image_descriptors(image), **_mask_descriptors(truth), **_error_descriptors(truth, prediction)}
+    values = {**_image_descriptors(image), **mask_descriptors(truth), **_error_descriptors(truth, prediction)}
     return {name: float(values[name]) for name in DESCRIPTOR_NAMES}
 
 

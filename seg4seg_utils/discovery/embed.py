@@ -38,11 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EmbedderUnavailable", "Embedder", "ClipEmbedder", "EfficientNetLite0Embedder", "SegmentationEncoderEmbedder",
-    "default_embedder", "VARIANTS", "apply_variant", "Embeddings", "embed_dataset", "performance_matrix",
+    "default_embedder", "VARIANTS", "SHAPE_VARIANTS", "ALL_VARIANTS", "SHAPE_EMBEDDER_NAME", "apply_variant",
+    "shape_embeddings", "Embeddings", "embed_dataset", "performance_matrix",
     "weights_file_id", "prediction_paths", "slug", "save_cache", "load_cache", "stack_and_cache",
 ]
 
 VARIANTS: tuple[str, ...] = ("x0", "x0*M_GT", "x0*M_pred")
+#: segmentation-specific representations beside the paper's image variants: the shape of the ground-truth or the
+#: predicted mask, as its standardised shape descriptors (area, position, pieces, solidity, elongation, boundary
+#: roughness, polygonality: :data:`~seg4seg_utils.discovery.descriptors.MASK_DESCRIPTOR_NAMES`), no image embedder
+SHAPE_VARIANTS: tuple[str, ...] = ("shape(M_GT)", "shape(M_pred)")
+ALL_VARIANTS: tuple[str, ...] = VARIANTS + SHAPE_VARIANTS
+SHAPE_EMBEDDER_NAME = "mask shape descriptors (standardised)"
 CACHE_FORMAT = 1  # bump when the cached arrays' meaning changes, so old caches are rebuilt
 
 
@@ -543,12 +550,43 @@ def load_cache(npy: Path, sidecar: Path, key: dict[str, Any], ids: list[str], di
     return X, "ok"
 
 
+def shape_embeddings(table: SampleTable, variant: str, run: "Run | None" = None, split: str = "test") -> Embeddings:
+    """One split's masks in table order as shape vectors: ``shape(M_GT)`` the ground truth's, ``shape(M_pred)``
+    the run's predictions'. Each column (a descriptor of
+    :data:`~seg4seg_utils.discovery.descriptors.MASK_DESCRIPTOR_NAMES`) is standardised over the split (a
+    constant column becomes 0), so that no descriptor outweighs the others by its unit. About 5 ms per mask of
+    256 x 256: never cached."""
+    from seg4seg_utils.discovery.descriptors import MASK_DESCRIPTOR_NAMES, mask_descriptors
+
+    if variant not in SHAPE_VARIANTS:
+        raise ValueError(f"unknown shape variant {variant!r}; choose one of {SHAPE_VARIANTS}")
+    if variant == "shape(M_pred)" and run is None:
+        raise ValueError("variant 'shape(M_pred)' needs run= (the trained run whose predicted masks it describes)")
+    t0 = time.perf_counter()
+    sub = table.split(split)
+    ids = sub.df["id"].astype(str).tolist()
+    preds = prediction_paths(run, ids) if variant == "shape(M_pred)" else None
+    rows = [mask_descriptors(sub.mask(i) if preds is None else read_mask(preds[sid], sub.mask_kind))
+            for i, sid in enumerate(ids)]
+    X = np.array([[r[name] for name in MASK_DESCRIPTOR_NAMES] for r in rows], dtype=np.float64).reshape(
+        len(ids), len(MASK_DESCRIPTOR_NAMES))
+    spread = X.std(axis=0)
+    X = np.where(spread > 0, (X - X.mean(axis=0)) / np.where(spread > 0, spread, 1.0), 0.0).astype(np.float32)
+    key = {"variant": variant, "descriptors": list(MASK_DESCRIPTOR_NAMES), "split": split,
+           "dataset": table.meta.get("config_hash") or str(Path(table.root).resolve()),
+           **({"run": Path(run.root).name} if preds is not None else {})}
+    return Embeddings(ids, X, key, SHAPE_EMBEDDER_NAME, seconds=time.perf_counter() - t0)
+
+
 def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", run: "Run | None" = None,
                   split: str = "test", cache_dir: str | os.PathLike | None = "cache/embeddings", batch_size: int = 32,
                   progress: bool = True) -> Embeddings:
-    """Embed one split in table order in one variant, reusing a matching on-disk cache (``cache_dir=None``: no cache)."""
+    """Embed one split in table order in one variant, reusing a matching on-disk cache (``cache_dir=None``: no cache).
+    A shape variant (:data:`SHAPE_VARIANTS`) describes the masks instead and leaves ``embedder`` unused."""
+    if variant in SHAPE_VARIANTS:
+        return shape_embeddings(table, variant, run=run, split=split)
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        raise ValueError(f"unknown variant {variant!r}; choose one of {ALL_VARIANTS}")
     if variant == "x0*M_pred" and run is None:
         raise ValueError("variant 'x0*M_pred' needs run= (the trained run whose predicted masks zero the background)")
     sub = table.split(split)

@@ -1,7 +1,7 @@
 """The detection-rate benchmark: slicer fits over cases x prevalences x seeds x variants, cached and parallel.
 
 One *item* = one trained model's test predictions (a case at a prevalence, data seed), one slicer seed,
-one image variant (``x0``, ``x0*M_GT``, ``x0*M_pred``) and one performance variant (e.g. ``("dice",)``).
+one image variant (``x0``, ``x0*M_GT``, ``x0*M_pred``, or a mask-shape variant) and one performance variant (e.g. ``("dice",)``).
 Each item is one :func:`~seg4seg_utils.discovery.judge.fit_and_judge` on the test split, judged against the
 hidden ``failure`` attribute. Results are
 appended to a JSON-lines file keyed by a hash of everything that defines the item, so an interrupted
@@ -97,16 +97,17 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, metrics: pd.Dat
 
 
 def _embed_item(dataset_root: str, run_root: str, variant: str, embedder, cache_dir
-                ) -> tuple[list[str], np.ndarray, pd.DataFrame]:
+                ) -> tuple[list[str], np.ndarray, pd.DataFrame, str]:
     """One (dataset, run, variant) test-split embedding, from the cache or computed, with the run's per-image
-    metrics (a joblib task: the run is read here once for every fit that uses it)."""
+    metrics and the name of what embedded it (a joblib task: the run is read here once for every fit that
+    uses it)."""
     from seg4seg_utils.data.records import read_dataset
     from seg4seg_utils.discovery.embed import embed_dataset
 
     run = load_run(run_root)
     emb = embed_dataset(read_dataset(dataset_root, validate="none", require_splits=()), embedder, variant,
                         run=run, split="test", cache_dir=cache_dir, progress=False)
-    return emb.ids, emb.X, run.metrics()
+    return emb.ids, emb.X, run.metrics(), emb.embedder_name
 
 
 def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | os.PathLike,
@@ -137,7 +138,7 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
             runner = Parallel(n_jobs=effective_n_jobs(n_jobs), return_as="generator_unordered")
             reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
             rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
-                                            embedder.name, reduced) for it in todo)
+                                            reduced) for it in todo)
             with open_rows_for_append(results_path) as fh:
                 for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
                     fh.write(json.dumps(row) + "\n")

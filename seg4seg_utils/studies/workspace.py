@@ -24,7 +24,7 @@ from typing import Any, Iterable, NamedTuple
 
 from seg4seg_utils.config import Preset, get_preset
 from seg4seg_utils.data.inject import CASES, inject, injected_name
-from seg4seg_utils.data.records import DatasetError, SampleTable, read_dataset
+from seg4seg_utils.data.records import META_FILE, DatasetError, SampleTable, read_dataset
 
 __all__ = ["Workspace", "CaseDataset", "TrainedCase", "results_folder"]
 
@@ -134,6 +134,8 @@ class Workspace:
             raise ValueError(f"preset {p.name!r} runs on real data: prepare it with `python -m data_prep` "
                              "(see data_prep/README.md) and pass its folder as real_root / --real")
         out: dict[str, SampleTable] = {}
+        if self.real_root is None:
+            self._build_missing(generate_phantom_dataset, [self._phantom_call(m) for m in wanted])
         for modality in wanted:
             if self.real_root is not None:
                 real = next(c.real_dataset for c in CASES.values() if c.modality == modality)
@@ -144,10 +146,23 @@ class Workspace:
                     raise DatasetError(f"{exc}\nExpected the prepared {real} dataset at {folder} "
                                        f"(python -m data_prep {real} --raw ... --out {folder}).") from exc
             else:
-                out[modality] = generate_phantom_dataset(
-                    modality, self.data_dir / p.name / "phantoms" / modality, n=p.n_images, size=p.image_size,
-                    seed=0, progress=self.progress)
+                out[modality] = generate_phantom_dataset(**self._phantom_call(modality))
         return out
+
+    def _phantom_call(self, modality: str) -> dict[str, Any]:
+        p = self.preset
+        return {"modality": modality, "root": self.data_dir / p.name / "phantoms" / modality, "n": p.n_images,
+                "size": p.image_size, "seed": 0, "progress": self.progress}
+
+    def _build_missing(self, build, calls: list[dict[str, Any]]) -> None:
+        """Build the datasets of ``calls`` (keyword arguments of ``build``, each with its output folder as
+        ``root`` or ``out``) that are not on disk yet, ``n_jobs`` at a time. Every sample draws from its own
+        seeded generator, so a dataset is the same whichever process builds it, and in whatever order."""
+        missing = [c for c in calls if not (Path(c.get("root", c.get("out"))) / META_FILE).is_file()]
+        if len(missing) > 1 and self.n_jobs > 1:
+            from joblib import Parallel, delayed
+
+            Parallel(n_jobs=min(self.n_jobs, len(missing)))(delayed(build)(**c) for c in missing)
 
     def case_datasets(self, cases: Iterable[str] = "ABCD") -> list[CaseDataset]:
         """Every injected dataset of the preset's grid (cases x prevalences x seeds), built or reused from disk."""
@@ -155,14 +170,11 @@ class Workspace:
         chosen = [CASES[c.upper()] for c in cases]
         bases = self.base_datasets({c.modality for c in chosen})
         root = self.data_dir / p.name / ("injected-real" if self.real_root is not None else "injected")
-        grid = []
-        for case in chosen:
-            for prevalence in p.prevalences:
-                for seed in p.seeds:
-                    table = inject(bases[case.modality], case.name, prevalence, seed,
-                                   root / injected_name(case.name, prevalence, seed), progress=self.progress)
-                    grid.append(CaseDataset(case.name, prevalence, seed, table))
-        return grid
+        calls = [{"source": bases[case.modality], "case": case.name, "prevalence": prevalence, "seed": seed,
+                  "out": root / injected_name(case.name, prevalence, seed), "progress": self.progress}
+                 for case in chosen for prevalence in p.prevalences for seed in p.seeds]
+        self._build_missing(inject, calls)
+        return [CaseDataset(c["case"], c["prevalence"], c["seed"], inject(**c)) for c in calls]
 
     # -- trained models ----------------------------------------------------------------------------------
     def train_config(self):
