@@ -73,7 +73,8 @@ def test_ablation_covers_variants_likelihoods_and_baselines(trained):
     table = ablation(ws, runs, reduce="pca")
     settings = set(table["setting"])
     assert len(settings) == 5 * 3 + 4  # the paper's three image variants and the two mask shapes, x 3 scores
-    assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG | shape(M_GT) + ppv", "SEG4SEG | shape(M_pred) + dice", "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
+    assert {"SEG4SEG | x0*M_pred + npv", "SEG4SEG | shape(M_GT) + ppv", "SEG4SEG | shape(M_pred) + dice",
+            "SEG4SEG soft-categorical | x0 + dice", "GMM (gamma=0) | x0 + dice",
             "k-means | x0 + dice", "error ranking | x0 + dice"} <= settings
     md = (out / "ablation.md").read_text()
     assert "| setting" in md and "SEG4SEG \\| x0 + dice" in md

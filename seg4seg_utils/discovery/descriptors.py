@@ -38,7 +38,8 @@ from scipy.spatial import ConvexHull, QhullError
 from skimage import measure, segmentation
 
 __all__ = ["DESCRIPTORS", "DESCRIPTOR_NAMES", "SOFT_DESCRIPTORS", "NOTHING_SIGNIFICANT", "describe_image",
-           "describe_images", "mask_descriptors", "MASK_DESCRIPTOR_NAMES", "error_descriptors", "polygonality", "contrast_slices", "describe_slice",
+           "describe_images", "mask_descriptors", "MASK_DESCRIPTOR_NAMES", "error_descriptors", "polygonality",
+           "contrast_slices", "describe_slice",
            "top_descriptor"]
 
 #: The descriptors, by family, with the words that name a slice whose mean is higher / lower than the rest's.

@@ -1,7 +1,8 @@
 """The detection-rate benchmark: slicer fits over cases x prevalences x seeds x variants, cached and parallel.
 
 One *item* = one trained model's test predictions (a case at a prevalence, data seed), one slicer seed,
-one image variant (``x0``, ``x0*M_GT``, ``x0*M_pred``, or a mask-shape variant) and one performance variant (e.g. ``("dice",)``).
+one image variant (``x0``, ``x0*M_GT``, ``x0*M_pred``, or a mask-shape variant) and one performance variant
+(e.g. ``("dice",)``).
 Each item is one :func:`~seg4seg_utils.discovery.judge.fit_and_judge` on the test split, judged against the
 hidden ``failure`` attribute. Results are
 appended to a JSON-lines file keyed by a hash of everything that defines the item, so an interrupted

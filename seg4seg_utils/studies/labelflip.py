@@ -21,7 +21,8 @@ import pandas as pd
 from seg4seg_utils.model.label_flips import group_decomposition, top_share
 from seg4seg_utils.studies.workspace import Workspace, results_folder
 
-__all__ = ["RESULT_FILES", "BOOK_PHANTOM", "twins_dataset", "twins_model", "flip_mass_concentration", "compare_performances", "decomposition_by_group",
+__all__ = ["RESULT_FILES", "BOOK_PHANTOM", "twins_dataset", "twins_model", "flip_mass_concentration",
+           "compare_performances", "decomposition_by_group",
            "flip_risk_quality", "detection_by_performance", "flip_rate_per_slice"]
 
 #: the twin-cells phantom as chapter 11 runs it (its parameters cell): the main job trains this one's model ahead,
