@@ -304,10 +304,11 @@ def book_models(ws: Workspace) -> list:
 
 
 def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
-    """The README's main job: data, one model per injected dataset, then the detection-rate benchmark.
+    """The README's main job: data, one model per injected dataset (and the :func:`book_models`), then the
+    detection-rate benchmark.
 
     ``until`` stops early: ``"data"`` (clean + injected datasets and their summary), ``"train"`` (also the
-    models and subgroup gaps) or ``"detect"`` (everything).
+    models, the book's models and the subgroup gaps) or ``"detect"`` (everything).
     """
     stages = ("data", "train", "detect")
     if until not in stages:
