@@ -1,6 +1,6 @@
 """Boundary-aware scores as the slicer's performance (seg4seg_utils.studies.boundary, shown in notebook 06).
 
-    .venv/bin/python scripts/bench_boundary_scores.py [--preset cpu] [--cases ABCD] [--tolerance 2]
+    .venv/bin/python scripts/bench_boundary_scores.py [--preset cpu] [--cases ABCDEF] [--tolerance 2]
         [--data data] [--runs runs] [--results results] [--cache cache/embeddings] [--reduce umap|pca]
 
 Surface Dice (at ``--tolerance`` pixels) and HD95 per test image from the saved predictions of the main job's
@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--cases", default="ABCD", help="cases to run, e.g. ABCD or C (default: ABCD)")
+    parser.add_argument("--cases", default="ABCDEF", help="cases to run, e.g. ABCD or C (default: all, ABCDEF)")
     parser.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance in pixels (default: 2)")
     parser.add_argument("--data", default="data", help="datasets folder, as for the main job (default: data)")
     parser.add_argument("--runs", default="runs", help="trained models, as for the main job (default: runs)")

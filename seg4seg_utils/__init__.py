@@ -18,7 +18,7 @@ Importing has no side effects (no environment changes, no heavy imports: torch l
 modules that train or embed).
 """
 from seg4seg_utils.config import PRESETS, Preset, environment_report, get_preset
-from seg4seg_utils.data.inject import CASES, Case, get_case, inject, injected_name
+from seg4seg_utils.data.inject import ALL_CASES, CASES, PAPER_CASES, Case, get_case, inject, injected_name
 from seg4seg_utils.data.phantoms import MODALITIES, generate_phantom_dataset
 from seg4seg_utils.data.records import (
                    SPLITS,
@@ -42,7 +42,7 @@ __all__ = [
     "PRESETS", "Preset", "environment_report", "get_preset",
     "SPLITS", "DatasetError", "SampleTable", "assign_splits", "build_dataset", "read_dataset", "read_image",
     "read_mask", "validate_dataset",
-    "CASES", "Case", "get_case", "inject", "injected_name",
+    "CASES", "PAPER_CASES", "ALL_CASES", "Case", "get_case", "inject", "injected_name",
     "METRICS", "metrics_table", "segmentation_metrics",
     "MODALITIES", "generate_phantom_dataset",
     "Workspace", "CaseDataset", "TrainedCase", "run_data_job",

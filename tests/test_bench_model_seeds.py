@@ -1,4 +1,5 @@
-"""scripts/bench_model_seeds.py on the smoke preset: one case, one prevalence, two model seeds; resumable."""
+"""scripts/bench_model_seeds.py on the smoke preset: one case, one prevalence, two model seeds, two configurations
+and the patch level; resumable."""
 import importlib.util
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
 
     args = ["--preset", "smoke", "--cases", "A", "--prevalences", "0.2", "--model-seeds", "0", "1",
             "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
-            "--cache", str(tmp_path / "cache"), "--reduce", "pca", "--jobs", "1", "--no-progress"]
+            "--cache", str(tmp_path / "cache"), "--reduce", "pca", "--jobs", "1", "--no-progress",
+            "--configurations", "SEG4SEG | shape(M_GT) + ppv", "--patch-cases", "A"]
     table = bench.main(args)
     out = tmp_path / "results" / "smoke" / "model_seeds"
     assert "[bench] model seed 1 (2/2)" in capsys.readouterr().out
@@ -32,15 +34,24 @@ def test_model_seed_benchmark_on_smoke(bench, tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out / "detection_by_model_seed.csv"), table, check_dtype=False)
     md = (out / "detection_by_model_seed.md").read_text()
     assert f"({int(row['k'])}/2, " in md and "model seed 1" in md and "Wilson" in md
+    # per configuration: the default first, the one asked for, and the patch level; each over both models
+    configs = pd.read_csv(out / "detection_by_configuration.csv")
+    assert list(configs["configuration"]) == ["SEG4SEG | x0 + dice", "SEG4SEG | shape(M_GT) + ppv",
+                                              bench.PATCH_CONFIGURATION]
+    assert (configs["n"] == 2).all() and (configs["n_seed0"] == 1).all() and (configs["n_seed1"] == 1).all()
+    default = configs.iloc[0]
+    assert (default["k"], default["n"]) == (row["k"], row["n"])  # the same fits as the model-seed table
+    assert "shape(M_GT) + ppv" in (out / "detection_by_configuration.md").read_text()
     # model seed 0 is the main job's run: a workspace without overrides finds it and trains nothing
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("done.json")}
     assert len(done) == 2
     main_job = Workspace("smoke", data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", progress=False)
     assert Path(main_job.trained_case("A", 0.2).run.root) / "done.json" in done
     # resumable: a rerun trains nothing and fits nothing
-    items = (out / "detection_items.jsonl").read_text()
+    items = (out / "detection_items.jsonl").read_text(), (out / "patch_items.jsonl").read_text()
     again = bench.main(args)
-    assert {p: p.stat().st_mtime_ns for p in done} == done and (out / "detection_items.jsonl").read_text() == items
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    assert ((out / "detection_items.jsonl").read_text(), (out / "patch_items.jsonl").read_text()) == items
     pd.testing.assert_frame_equal(again, table)
 
 
@@ -48,3 +59,12 @@ def test_prevalence_outside_the_preset_is_a_clear_error(bench, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--preset", "smoke", "--prevalences", "0.05"])
     assert "not in preset 'smoke'" in capsys.readouterr().err
+
+
+def test_unknown_configuration_is_a_clear_error_and_the_default_always_runs_first(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--configurations", "SEG4SEG | x9 + dice"])
+    assert "unknown configuration(s) ['SEG4SEG | x9 + dice']" in capsys.readouterr().err
+    args = bench.parse_args(["--configurations", "SEG4SEG | x0*M_GT + ppv", "SEG4SEG | x0 + dice"])
+    assert args.configurations == ["SEG4SEG | x0 + dice", "SEG4SEG | x0*M_GT + ppv"]
+    assert bench.parse_args([]).configurations[0] == "SEG4SEG | x0 + dice"

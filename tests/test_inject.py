@@ -1,11 +1,14 @@
-"""Injections A-D: exact prevalence per split, determinism, each manipulation's effect, source untouched."""
+"""Injections A-F: exact prevalence per split, determinism, each manipulation's effect, source untouched."""
 import hashlib
 
 import numpy as np
 import pytest
 
 from seg4seg_utils.data.inject import (
+    ALL_CASES,
     CASES,
+    PAPER_CASES,
+    AmelanoticParams,
     CaliperStyle,
     CropParams,
     PolygonParams,
@@ -14,8 +17,11 @@ from seg4seg_utils.data.inject import (
     degrade_quality,
     draw_calipers,
     ellipse_from_mask,
+    fade_lesion,
     inject,
     injected_name,
+    omit_thin_structures,
+    OmissionParams,
     polygonize_mask,
     select_failure_samples,
 )
@@ -73,7 +79,7 @@ def test_selection_rounds_half_up_and_validates():
         select_failure_samples(splits, 1.5, 0, "A")
 
 
-@pytest.mark.parametrize("case", ["A", "B", "C", "D"])
+@pytest.mark.parametrize("case", list(ALL_CASES))
 def test_inject_dataset(source, tmp_path, case):
     before = folder_digest(source.root)
     out = tmp_path / injected_name(case, 0.2, 0)
@@ -92,8 +98,8 @@ def test_inject_dataset(source, tmp_path, case):
     manipulated = fail if spec.manipulate_failure else ~fail
     new_img = t.df["image"].str.startswith("images/").to_numpy()
     new_mask = t.df["mask"].str.startswith("masks/").to_numpy()
-    assert np.array_equal(new_img, manipulated if case in "ABD" else np.zeros_like(fail))
-    assert np.array_equal(new_mask, manipulated if case in "BC" else np.zeros_like(fail))
+    assert np.array_equal(new_img, manipulated if case in "ABDF" else np.zeros_like(fail))
+    assert np.array_equal(new_mask, manipulated if case in "BCE" else np.zeros_like(fail))
     # deterministic: a second run elsewhere gives identical pixels
     t2 = inject(source, case, 0.2, seed=0, out=tmp_path / "again", progress=False)
     for i in np.flatnonzero(manipulated)[:3]:
@@ -111,7 +117,7 @@ def test_inject_rejects_wrong_params(source, tmp_path):
     with pytest.raises(TypeError, match="CropParams"):
         inject(source, "B", 0.1, 0, tmp_path / "x", params=QualityParams())
     with pytest.raises(ValueError, match="unknown case"):
-        inject(source, "E", 0.1, 0, tmp_path / "x")
+        inject(source, "G", 0.1, 0, tmp_path / "x")
 
 
 def test_ellipse_from_mask_recovers_axes():
@@ -172,3 +178,63 @@ def test_degrade_quality_darkens_and_blurs():
     assert np.abs(np.diff(out.astype(float), axis=0)).mean() < 0.2 * np.abs(np.diff(img.astype(float), axis=0)).mean()
     flat = np.full((16, 16), 200, np.uint8)
     assert (degrade_quality(flat) == 100).all()
+
+
+def test_the_paper_cases_come_first_and_every_case_is_listed():
+    assert PAPER_CASES == "ABCD" and ALL_CASES == "ABCDEF" and set(ALL_CASES) == set(CASES)
+    assert CASES["E"].modality == "fundus" and CASES["F"].modality == "dermoscopy"
+
+
+def vessel_tree(size=256):
+    """A thick trunk (9 px) with a thin branch (3 px) and a medium branch (7 px)."""
+    m = np.zeros((size, size), bool)
+    m[120:129, 20:236] = True     # trunk, 9 px wide
+    m[40:120, 60:63] = True       # thin branch, 3 px
+    m[129:220, 150:157] = True    # medium branch, 7 px
+    return m
+
+
+def test_omission_drops_thin_structures_and_keeps_thick_ones_exactly():
+    m = vessel_tree()
+    out = omit_thin_structures(m)  # default: under 5 px at 256 px
+    assert not out[40:117, 60:63].any()                      # the thin branch is gone (a 3-px stub at the trunk)
+    assert out[120:129, 20:236].all() and out[131:220, 150:157].all()  # thick ones keep every pixel
+    assert not (out & ~m).any()                              # omission only: nothing is added
+    assert (m & ~out).sum() == pytest.approx(80 * 3, abs=12)
+    # a wider threshold drops the 7-px branch too; a tiny image (radius 0) is left unchanged
+    assert not omit_thin_structures(m, OmissionParams(thin_width=0.035))[140:220, 150:157].any()
+    assert np.array_equal(omit_thin_structures(m[:40, :40]), m[:40, :40])
+    assert not omit_thin_structures(np.zeros((64, 64), bool)).any()
+
+
+def test_fading_lowers_the_lesion_contrast_and_leaves_skin_and_mask_alone():
+    m = ellipse_mask(128, 128, 64, 64, 30, 24)
+    skin, lesion = np.array([200, 160, 140]), np.array([90, 60, 40])
+    img = np.where(m[..., None], lesion, skin).astype(np.uint8)
+    out = fade_lesion(img, m)
+    assert img[64, 64].tolist() == lesion.tolist()           # not modified in place
+    far = ~ellipse_mask(128, 128, 64, 64, 40, 34)
+    assert np.array_equal(out[far], img[far])                # the skin away from the lesion is untouched
+    before = np.abs(img[m].astype(float) - skin).mean()
+    after = np.abs(out[ellipse_mask(128, 128, 64, 64, 24, 18)].astype(float) - skin).mean()
+    assert after < 0.5 * before                              # the lesion is much closer to the skin colour
+    core = out[64, 64].astype(float)
+    assert core[0] > core[1] and core[0] > core[2]           # and reddish (pink), not brown-grey
+    full = fade_lesion(img, m, AmelanoticParams(contrast=1.0, tint=(1.0, 1.0, 1.0)))
+    assert np.abs(full.astype(int) - img.astype(int)).max() <= 1  # contrast 1, no tint: the image back
+    assert np.array_equal(fade_lesion(img, np.zeros_like(m)), img)
+
+
+def test_case_E_changes_only_the_mask_and_case_F_only_the_image():
+    from seg4seg_utils.data.inject import manipulate
+
+    rng = np.random.default_rng(0)
+    tree = vessel_tree()
+    image = np.where(tree[..., None], [120, 40, 30], [200, 90, 60]).astype(np.uint8)
+    new_img, new_mask, _ = manipulate(CASES["E"], CASES["E"].params, image, tree, rng)
+    assert new_img is None and np.array_equal(new_mask, omit_thin_structures(tree)) and new_mask.sum() < tree.sum()
+    lesion = ellipse_mask(128, 128, 64, 64, 30, 24)
+    skin_lesion = np.where(lesion[..., None], [90, 60, 40], [200, 160, 140]).astype(np.uint8)
+    new_img, new_mask, _ = manipulate(CASES["F"], CASES["F"].params, skin_lesion, lesion, rng)
+    assert new_mask is None and np.array_equal(new_img, fade_lesion(skin_lesion, lesion))
+    assert not np.array_equal(new_img, skin_lesion)

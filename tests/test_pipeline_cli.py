@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from seg4seg_utils.cli import main
+from seg4seg_utils.data.inject import ALL_CASES
 from seg4seg_utils.data.records import read_dataset
 
 
@@ -23,7 +24,7 @@ def test_main_job_writes_datasets_and_figures(smoke_run):
     for name in ("summary.md", "phantom_gallery.png", "injection_gallery.png", "datasets.csv", "environment.json"):
         assert (out / name).stat().st_size > 0, name
     counts = pd.read_csv(out / "datasets.csv")
-    assert sorted(counts["case"]) == ["A", "B", "C", "D"]
+    assert sorted(counts["case"]) == list(ALL_CASES)
     for row in counts.itertuples():
         table = read_dataset(row.path, validate="full")
         assert table.meta["case"] == row.case
@@ -58,8 +59,8 @@ def test_whole_main_job_on_the_smoke_preset(smoke_main_job):
     seg4seg_utils run`` in its own process: the session's shared smoke job, see conftest)."""
     res = smoke_main_job / "results" / "smoke"
     gaps = pd.read_csv(res / "training" / "gaps.csv")
-    assert sorted(gaps["case"]) == ["A", "B", "C", "D"] and gaps["dice_rest"].between(0, 1).all()
+    assert sorted(gaps["case"]) == list(ALL_CASES) and gaps["dice_rest"].between(0, 1).all()
     rates = pd.read_csv(res / "detection" / "detection_rates.csv")
-    assert sorted(rates["case"]) == ["A", "B", "C", "D"] and rates["detection_rate"].between(0, 1).all()
+    assert sorted(rates["case"]) == list(ALL_CASES) and rates["detection_rate"].between(0, 1).all()
     for name in ("training/subgroup_gap.png", "training/learning_curves.png", "detection/detection_heatmap.png"):
         assert (res / name).stat().st_size > 0

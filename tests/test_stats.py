@@ -97,3 +97,20 @@ def test_heatmap_and_bars_show_counts_and_intervals():
     assert len(errorbars) == 2  # one per level: the Wilson intervals
     (segment, *_), = [seg.get_segments() for seg in errorbars[0].lines[2]]
     assert np.allclose(segment[:, 1], [0.3755, 0.9638], atol=1e-4)  # level "A" at 5 %: 4/5
+
+
+def test_configuration_heatmap_shows_every_cell_with_its_count_and_frames_the_ones_at_target():
+    from matplotlib.patches import Rectangle
+
+    from seg4seg_utils.report.plots import configuration_heatmap
+
+    table = pd.DataFrame({"configuration": ["x0 + dice"] * 3 + ["shape + ppv"] * 3,
+                          "case": ["A", "A", "C"] * 2, "prevalence": [0.05, 0.1, 0.05] * 2,
+                          "k": [15, 12, 0, 9, 11, 14], "n": [15] * 6})
+    fig = configuration_heatmap(table)
+    ax = fig.axes[0]
+    assert sorted(texts(fig)) == sorted(["15/15", "12/15", "0/15", "9/15", "11/15", "14/15"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x0 + dice", "shape + ppv"]  # in the table's order
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A 5%", "A 10%", "C 5%"]
+    framed = sorted((round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in ax.patches if isinstance(p, Rectangle))
+    assert framed == [(0, 0), (1, 0), (2, 1)]  # 15/15 and 12/15 (0.8) of the default, 14/15 of the shape

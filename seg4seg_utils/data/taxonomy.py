@@ -18,7 +18,7 @@ class FailureType:
     description: str
     mechanism: str       # why a model trained this way fails on the subgroup
     example: str         # a documented or plausible real-world instance
-    case: str | None     # the injected benchmark case that tests it (A-D), or None
+    case: str | None     # the injected benchmark case that tests it (A-F), or None
 
 
 TAXONOMY: tuple[FailureType, ...] = (
@@ -56,7 +56,7 @@ TAXONOMY: tuple[FailureType, ...] = (
                   "test images low even where the prediction is right.",
         example="Thin vessels left unannotated in part of a fundus dataset; a label swapped between two "
                 "neighbouring structures.",
-        case=None),
+        case="E"),
     FailureType(
         key="underrepresentation", family="underrepresentation", name="Underrepresented acquisition",
         description="A subgroup of images acquired differently (device, protocol, quality) that is rare in "
@@ -65,6 +65,15 @@ TAXONOMY: tuple[FailureType, ...] = (
                   "transfer badly.",
         example="Dark, blurred fundus photographs (FIVES quality labels: illumination, blur, low contrast).",
         case="D"),
+    FailureType(
+        key="rare_appearance", family="underrepresentation", name="Rare appearance of the target",
+        description="A type of target (lesion type, anatomical variant) that looks unlike the usual one and is rare "
+                    "in training; the acquisition is the same.",
+        mechanism="The model learns what the common type looks like; a target that lacks its cues (pigment, "
+                  "contrast, shape) is partly missed.",
+        example="Amelanotic (unpigmented, pinkish) melanomas, a few per cent of melanomas, in a dermoscopy set of "
+                "pigmented lesions.",
+        case="F"),
     FailureType(
         key="difficult_cases", family="difficult cases", name="Intrinsically difficult cases",
         description="Images that are hard for any annotator or model: small or low-contrast targets, unusual "

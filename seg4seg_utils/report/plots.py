@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["show_sample", "dataset_gallery", "injection_gallery", "subgroup_gap_plot", "learning_curves",
-           "detection_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery",
+           "detection_heatmap", "configuration_heatmap", "taxonomy_examples", "slice_scatter", "slice_gallery",
            "gamma_sweep_plot", "worker_timeline"]
 
 MASK_COLOR = "#00e5ff"
@@ -180,14 +180,47 @@ def detection_heatmap(table: "pd.DataFrame", values: Sequence[str] = ("detection
     return fig
 
 
+def configuration_heatmap(table: "pd.DataFrame", target: float = 0.8, panel: float = 0.62) -> Figure:
+    """Configurations (rows) x case and prevalence (columns): the detection rate over all fits of a cell
+    (columns ``configuration``, ``case``, ``prevalence``, ``k``, ``n``), each annotated with k/n; cells whose
+    rate reaches ``target`` are framed. Which representation finds which failure, at a glance."""
+    from matplotlib.patches import Rectangle
+
+    configs = list(dict.fromkeys(table["configuration"]))
+    cells = sorted({(c, p) for c, p in zip(table["case"], table["prevalence"])})
+    k = table.pivot_table(index="configuration", columns=["case", "prevalence"], values="k", aggfunc="sum")
+    n = table.pivot_table(index="configuration", columns=["case", "prevalence"], values="n", aggfunc="sum")
+    k, n = k.reindex(index=configs, columns=cells), n.reindex(index=configs, columns=cells)
+    rate = (k / n).to_numpy(dtype=float)
+    fig = Figure(figsize=(3.2 + panel * len(cells), 0.9 + 0.42 * len(configs)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(rate), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for r in range(rate.shape[0]):
+        for c in range(rate.shape[1]):
+            if np.isnan(rate[r, c]):
+                continue
+            ax.text(c, r, f"{int(k.iat[r, c])}/{int(n.iat[r, c])}", ha="center", va="center", fontsize=7,
+                    color="white" if rate[r, c] < 0.6 else "black")
+            if rate[r, c] >= target:
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#ff4081", linewidth=1.5))
+    ax.set_xticks(range(len(cells)), [f"{c} {p:.0%}" for c, p in cells], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(configs)), configs, fontsize=8)
+    for x in range(1, len(cells)):
+        if cells[x][0] != cells[x - 1][0]:
+            ax.axvline(x - 0.5, color="white", linewidth=2)
+    ax.set_title(f"detection rate over all fits (k/n); framed: at least {target:g}", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
 def taxonomy_examples(size: int = 192, seed: int = 0, panel: float = 1.9) -> Figure:
     """One generated example per injected case: the clean image next to its manipulated version."""
     from seg4seg_utils.data.inject import CASES, manipulate
     from seg4seg_utils.data.phantoms import MODALITIES
     from seg4seg_utils.seeding import rng_for
 
-    fig = Figure(figsize=(panel * 4, panel * 2 + 0.5), layout="constrained")
-    axes = fig.subplots(2, 4)
+    fig = Figure(figsize=(panel * len(CASES), panel * 2 + 0.5), layout="constrained")
+    axes = fig.subplots(2, len(CASES))
     for k, (name, case) in enumerate(sorted(CASES.items())):
         image, mask = MODALITIES[case.modality](size, rng_for(seed, "taxonomy", name))
         new_img, new_mask, _ = manipulate(case, case.params, image, mask, rng_for(seed, "taxonomy-inject", name))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from seg4seg_utils.data.inject import ALL_CASES
 from seg4seg_utils.studies.workspace import TrainedCase, Workspace
 
 __all__ = ["SCORES", "VARIANTS", "boundary_scores", "boundary_benchmark"]
@@ -40,7 +41,7 @@ def boundary_scores(tc: TrainedCase, tolerance: float = 2.0) -> pd.DataFrame:
     return tc.run.metrics().merge(pd.DataFrame(rows), on="id", validate="one_to_one")
 
 
-def boundary_benchmark(ws: Workspace, cases: Iterable[str] = "ABCD", tolerance: float = 2.0,
+def boundary_benchmark(ws: Workspace, cases: Iterable[str] = ALL_CASES, tolerance: float = 2.0,
                        reduce: str = "umap", log=None) -> pd.DataFrame:
     """Score, gap and slice every trained case of ``cases``; returns the detection table (k/n, Wilson interval).
 

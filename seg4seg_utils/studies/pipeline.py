@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from seg4seg_utils.config import Preset, environment_report, get_preset, preset_dict
-from seg4seg_utils.data.inject import CASES
+from seg4seg_utils.data.inject import ALL_CASES, CASES
 from seg4seg_utils.data.records import SPLITS, SampleTable
 from seg4seg_utils.discovery.judge import SlicerSettings
 from seg4seg_utils.studies.workspace import CaseDataset, TrainedCase, Workspace
@@ -99,7 +99,7 @@ def gap_table(trained: Sequence[TrainedCase]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def train_grid(ws: Workspace, cases: str = "ABCD") -> list[TrainedCase]:
+def train_grid(ws: Workspace, cases: str = ALL_CASES) -> list[TrainedCase]:
     """Train (or read back) one U-Net per injected dataset of ``cases`` and write the subgroup-gap tables.
 
     Writes ``gaps.csv``, ``gaps.md``, ``subgroup_gap.png`` and ``learning_curves.png`` to

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from seg4seg_utils.config import Preset, get_preset
-from seg4seg_utils.data.inject import CASES, inject, injected_name
+from seg4seg_utils.data.inject import ALL_CASES, CASES, inject, injected_name
 from seg4seg_utils.data.records import META_FILE, DatasetError, SampleTable, read_dataset
 
 __all__ = ["Workspace", "CaseDataset", "TrainedCase", "results_folder"]
@@ -164,7 +164,7 @@ class Workspace:
 
             Parallel(n_jobs=min(self.n_jobs, len(missing)))(delayed(build)(**c) for c in missing)
 
-    def case_datasets(self, cases: Iterable[str] = "ABCD") -> list[CaseDataset]:
+    def case_datasets(self, cases: Iterable[str] = ALL_CASES) -> list[CaseDataset]:
         """Every injected dataset of the preset's grid (cases x prevalences x seeds), built or reused from disk."""
         p = self.preset
         chosen = [CASES[c.upper()] for c in cases]
@@ -183,7 +183,7 @@ class Workspace:
 
         return train_preset(self.preset.name, **self.train_overrides)
 
-    def trained_cases(self, cases: Iterable[str] | Iterable[CaseDataset] = "ABCD") -> list[TrainedCase]:
+    def trained_cases(self, cases: Iterable[str] | Iterable[CaseDataset] = ALL_CASES) -> list[TrainedCase]:
         """One trained U-Net per injected dataset: finished runs are read back, missing ones trained
         (interrupted ones resumed). ``cases``: case letters, or :class:`CaseDataset` items already built."""
         from seg4seg_utils.model.train import TrainJob, train_all
