@@ -42,14 +42,17 @@ What is pinned, therefore:
    GEMM. MKL's reproducibility mode guarantees fixed cache sizes, deterministic reductions and static
    scheduling, i.e. the same bits on any CPU with AVX2. It costs about 2.7x per training step.
 
-4. **bf16 training where the CPU has AMX** (``TrainConfig.precision="auto"``, the cpu preset's): on CPUs with
-   AMX-BF16 (Intel Sapphire Rapids and later) a training runs under bf16 autocast on AMX tiles, in a spawned
-   process whose oneDNN cap is ``AVX512_CORE_AMX`` (:data:`BF16_TRAINING_ENV`; everything else stays pinned, and
-   the calling process keeps its AVX2 cap for embeddings). Measured on a 2-core Xeon with AMX (cpu preset's
-   U-Net, batch 16 at 96 px): 0.21 s per step against 0.38 s in pinned fp32. Elsewhere ``auto`` is fp32, as
-   before. The precision a run used is part of its folder's hash and of its config.json, so a bf16 run and an
-   fp32 run are never mixed; a machine reproduces its own runs bit for bit (tested), and machines with and
-   without AMX train different models (as AVX2 machines of different makes already did in fp32, below).
+4. **bf16 training where the CPU has bf16 kernels** (``TrainConfig.precision="auto"``, the cpu preset's): on
+   CPUs with AMX-BF16 (Intel Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD Zen 4) a training runs under
+   bf16 autocast, in a spawned process whose oneDNN cap is ``AVX512_CORE_AMX`` (:data:`BF16_TRAINING_ENV`: a
+   cap, so a CPU without AMX runs its AVX512-BF16 kernels under it; everything else stays pinned, and the
+   calling process keeps its AVX2 cap for embeddings). Measured (cpu preset's U-Net, batch 16 at 96 px, median
+   of 12 steps): on a 2-core Xeon with AMX 0.21 s per step against 0.38 s in pinned fp32; on a 2-core AMD EPYC
+   with AVX512-BF16 and no AMX 0.221 s against 0.421 s (the same 0.221 s and loss under an
+   ``AVX512_CORE_BF16`` cap). Elsewhere ``auto`` is fp32. The precision a run used is part of its folder's hash
+   and of its config.json (with the CPU's name), so a bf16 run and an fp32 run are never mixed; a machine
+   reproduces its own runs bit for bit (tested), and machines of different kinds train different models (as
+   AVX2 machines of different makes already did in fp32, below).
 
 Guaranteed (tested in ``tests/test_reproducible.py``): for a seed, the same trained weights, embeddings and
 detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_jobs`` / joblib backend
@@ -67,7 +70,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["KERNEL_ENV", "BF16_TRAINING_ENV", "MODES", "PRECISIONS", "EMBED_THREADS", "cpu_has_amx_bf16",
+__all__ = ["KERNEL_ENV", "BF16_TRAINING_ENV", "MODES", "PRECISIONS", "EMBED_THREADS", "cpu_bf16_isa",
            "training_precision", "kernel_env", "pin_process_env", "missing_pins", "kernel_mode", "pinned",
            "kernel_report", "numpy_simd", "kernel_key"]
 
@@ -86,9 +89,10 @@ KERNEL_ENV: dict[str, str] = {
     "NUMBA_CPU_FEATURES": NUMBA_AVX2_FEATURES,  # ... with AVX2's features only (numba adds the host's otherwise)
 }
 MODES = ("pinned", "portable")
-# bf16 training (TrainConfig.precision) runs its convolutions on AMX tiles, which oneDNN only uses when its cap
-# allows them: such a training runs in its own process under this cap (every other pin unchanged). Under the
-# AVX2 cap oneDNN emulates bf16, measured 25x slower per step than fp32, so bf16 is only chosen where AMX exists.
+# bf16 training (TrainConfig.precision) runs its convolutions on AMX tiles or AVX512-BF16 instructions, which
+# oneDNN only uses when its cap allows them: such a training runs in its own process under this cap (every other
+# pin unchanged). Under the AVX2 cap oneDNN emulates bf16, measured 25x slower per step than fp32 (13x on an AMD
+# EPYC: 5.68 s against 0.42 s), so bf16 is only chosen where the CPU has one of those.
 BF16_TRAINING_ENV = {**KERNEL_ENV, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}
 PRECISIONS = ("fp32", "bf16", "auto")
 # numpy's dispatch levels that run the same code as an AVX2-only CPU (``baseline`` on CPUs without AVX2)
@@ -168,30 +172,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (Intel Sapphire Rapids and later; Linux's /proc/cpuinfo flags)."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # Linux's /proc/cpuinfo names, the faster first
+
+
+def cpu_bf16_isa(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's bf16 matrix instructions oneDNN trains with: ``"amx_bf16"`` (Intel Sapphire Rapids and later),
+    ``"avx512_bf16"`` (e.g. AMD Zen 4, Intel Cooper Lake), or ``None`` (Linux's /proc/cpuinfo flags)."""
     try:
-        with open("/proc/cpuinfo") as fh:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in fh)
+        with open(cpuinfo) as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
     except OSError:
-        return False
+        return None
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
 
 
 def training_precision(requested: str, device: Any = "cpu") -> str:
-    """The precision a CPU training runs in: ``auto`` is ``bf16`` on CPUs with AMX-BF16 (pinned kernels) and
-    ``fp32`` elsewhere, so a machine always trains the same way, and machines of different kinds may differ
+    """The precision a CPU training runs in: ``auto`` is ``bf16`` on CPUs with AMX-BF16 or AVX512-BF16 (pinned
+    kernels; :func:`cpu_bf16_isa`) and ``fp32`` elsewhere, so a machine always trains the same way, and machines of different kinds may differ
     (they already do in fp32: see the module's docstring). Accelerators keep their own mixed precision: fp32."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {PRECISIONS}")
     if getattr(device, "type", str(device)) != "cpu":
         return "fp32"
     if requested == "auto":
-        return "bf16" if kernel_mode() == "pinned" and cpu_has_amx_bf16() else "fp32"
+        return "bf16" if kernel_mode() == "pinned" and cpu_bf16_isa() is not None else "fp32"
     return requested
 
 
 def kernel_env(precision: str = "fp32") -> dict[str, str]:
-    """The pinned environment a computation in ``precision`` expects (bf16 training: oneDNN may use AMX)."""
+    """The pinned environment a computation in ``precision`` expects (bf16 training: oneDNN may use AMX or AVX512-BF16)."""
     return BF16_TRAINING_ENV if precision == "bf16" else KERNEL_ENV
 
 
@@ -209,7 +218,8 @@ def kernel_report(threads: int | None = None, precision: str = "fp32") -> dict[s
                       + " before importing torch.", RuntimeWarning, stacklevel=2)
     return {"mode": kernel_mode(), "threads": threads, "precision": precision, "torch_cpu_capability": capability,
             **env,
-            "numpy_simd": numpy_simd(), "torch": torch.__version__, "cpu": _cpu_name()}
+            "numpy_simd": numpy_simd(), "torch": torch.__version__, "cpu": _cpu_name(),
+            "bf16_isa": cpu_bf16_isa() if precision == "bf16" else None}
 
 
 def kernel_key(threads: int | None) -> str:

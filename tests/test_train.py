@@ -185,23 +185,36 @@ def test_onecycle_warms_up_then_decays_and_resumes_exactly(dataset, tmp_path, mo
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
 
 
-def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch):
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_kernels(monkeypatch):
     from seg4seg_utils import kernels
 
-    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(kernels, "cpu_bf16_isa", lambda: "avx512_bf16")
     assert kernels.training_precision("auto", "cpu") == "bf16"
     assert kernels.training_precision("auto", torch.device("cuda")) == "fp32"  # accelerators: their own AMP
     monkeypatch.setenv("SEG4SEG_KERNELS", "portable")  # no oneDNN, no AMX
     assert kernels.training_precision("auto", "cpu") == "fp32"
     monkeypatch.delenv("SEG4SEG_KERNELS")
-    monkeypatch.setattr(kernels, "cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(kernels, "cpu_bf16_isa", lambda: None)
     assert kernels.training_precision("auto", "cpu") == "fp32" and kernels.training_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
         replace(smoke(), precision="fp16").validate()
 
 
-@pytest.mark.skipif(not __import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_has_amx_bf16(),
-                    reason="this CPU has no AMX-BF16: auto precision trains in fp32 here")
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    from seg4seg_utils import kernels
+
+    def isa(flags: str) -> str | None:
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n\n")
+        return kernels.cpu_bf16_isa(str(tmp_path / "cpuinfo"))
+
+    assert isa("fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile") == "amx_bf16"   # Sapphire Rapids
+    assert isa("fpu sse avx2 avx512f avx512_bf16 avx512_vnni") == "avx512_bf16"      # AMD Zen 4
+    assert isa("fpu sse avx2 fma") is None and isa("fpu avx512f avx512_bf16x") is None  # whole flags only
+    assert kernels.cpu_bf16_isa(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.skipif(__import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_bf16_isa() is None,
+                    reason="this CPU has neither AMX-BF16 nor AVX512-BF16: auto precision trains in fp32 here")
 def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_deterministic(dataset, tmp_path, capsys):
     import json
     import os
@@ -215,13 +228,14 @@ def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_determin
                                                                       progress=False).root
     kernels_used = json.loads((a.root / "config.json").read_text())["kernels"]
     assert kernels_used["precision"] == "bf16" and kernels_used["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_AMX"
+    assert kernels_used["bf16_isa"] in ("amx_bf16", "avx512_bf16")
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # this process keeps its cap
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.skipif(not __import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_has_amx_bf16(),
-                    reason="this CPU has no AMX-BF16: auto precision trains in fp32 here")
+@pytest.mark.skipif(__import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_bf16_isa() is None,
+                    reason="this CPU has neither AMX-BF16 nor AVX512-BF16: auto precision trains in fp32 here")
 def test_bf16_jobs_share_one_process_and_train_what_they_train_alone(dataset, tmp_path, monkeypatch):
     import subprocess
 
