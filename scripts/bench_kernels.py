@@ -1,6 +1,6 @@
 """Which CPU numerics make results reproducible, and what each costs: a digest of the result and the time.
 
-    .venv/bin/python scripts/bench_kernels.py [--stage train|umap] [--steps 12] [--repeats 3]
+    .venv/bin/python scripts/bench_kernels.py [--stage train|umap] [--steps 12] [--repeats 3] [--configs pinned bf16]
 
 ``--stage train`` (default) times U-Net training steps; ``--stage umap`` times one UMAP fit to 8-d (the
 slicer's reduction) on a fixed 200 x 1280 embedding with four planted groups, after a warm-up fit in the
@@ -15,7 +15,10 @@ two warm-up steps. Configurations:
 - ``pinned``: the project's default (:data:`seg4seg_utils.kernels.KERNEL_ENV`: oneDNN and ATen capped at
   AVX2, MKL reproducibility mode, numpy without AVX-512, OpenBLAS Haswell, numba haswell);
 - ``portable``: pinned and without oneDNN (convolutions as im2col + MKL GEMM);
-- ``imitate-avx2``: pinned plus ``MKL_ENABLE_INSTRUCTIONS=AVX2``, what an AVX2-only CPU would run.
+- ``imitate-avx2``: pinned plus ``MKL_ENABLE_INSTRUCTIONS=AVX2``, what an AVX2-only CPU would run;
+- ``bf16``: what ``precision="auto"`` trains with on CPUs with AMX-BF16 or AVX512-BF16
+  (:data:`seg4seg_utils.kernels.BF16_TRAINING_ENV`, bf16 autocast); skipped on other CPUs, where oneDNN
+  would only emulate bf16.
 
 each at 1 and 2 threads. Same digest = same weights to the last bit. Quote times as ratios against
 ``native`` on the same machine: machines of the same kind differ about 2.6x in speed.
@@ -29,14 +32,15 @@ import statistics
 import subprocess
 import sys
 
-from seg4seg_utils.kernels import KERNEL_ENV  # noqa: E402  (children get their environment before they start)
+from seg4seg_utils.kernels import BF16_TRAINING_ENV, KERNEL_ENV  # noqa: E402  (children get their environment first)
 
 # empty = the library's own choice; OpenBLAS's core type stays as the machine's environment has it
 NATIVE = {key: os.environ.get(key, "") if key == "OPENBLAS_CORETYPE" else "" for key in KERNEL_ENV}
 PINNED = dict(KERNEL_ENV)
 IMITATE_AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 CONFIGS = {"native": (NATIVE, "pinned"), "pinned": (PINNED, "pinned"), "portable": (PINNED, "portable"),
-           "imitate-avx2": ({**PINNED, **IMITATE_AVX2}, "pinned")}
+           "imitate-avx2": ({**PINNED, **IMITATE_AVX2}, "pinned"), "bf16": (dict(BF16_TRAINING_ENV), "pinned")}
+BF16_CHILD = "SEG4SEG_BENCH_BF16"  # tells a child to train under bf16 autocast
 
 
 def child(steps: int, threads: int) -> dict:
@@ -65,7 +69,9 @@ def child(steps: int, threads: int) -> dict:
             idx = torch.randperm(64, generator=gen)[:16]
             x, y = augment_batch(X[idx], Y[idx], cfg, gen)
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=os.environ.get(BF16_CHILD) == "1"):
+                loss = loss_fn(model(x).float(), y)
+            loss.backward()
             opt.step()
             if step >= 2:  # warm-up steps excluded
                 times.append(time.perf_counter() - t0)
@@ -99,21 +105,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stage", choices=("train", "umap"), default="train")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3, help="processes per configuration (times: median of them)")
+    ap.add_argument("--configs", nargs="*", choices=sorted(CONFIGS), default=None,
+                    help="only these configurations (default: all; the ratio column needs native)")
     ap.add_argument("--child", nargs=2, type=str, metavar=("STEPS", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         result = umap_child() if args.stage == "umap" else child(int(args.child[0]), int(args.child[1]))
         print(json.dumps(result))
         return
-    from seg4seg_utils.kernels import kernel_report
+    from seg4seg_utils.kernels import cpu_bf16_isa, kernel_report
 
-    print(f"CPU: {kernel_report()['cpu']}")
+    print(f"CPU: {kernel_report()['cpu']} (bf16 instructions: {cpu_bf16_isa() or 'none'})")
     rows = []
     for name, (env_over, mode) in CONFIGS.items():
-        if args.stage == "umap" and mode == "portable":
-            continue  # portable changes torch's convolutions only
+        if args.configs is not None and name not in args.configs:
+            continue
+        if args.stage == "umap" and name in ("portable", "bf16"):
+            continue  # these change torch's training only
+        if name == "bf16" and cpu_bf16_isa() is None:
+            print("bf16: skipped, this CPU has neither AMX-BF16 nor AVX512-BF16")
+            continue
         for threads in (1, 2):
-            env = {**os.environ, **env_over, "SEG4SEG_KERNELS": mode, "OMP_NUM_THREADS": str(threads)}
+            env = {**os.environ, **env_over, "SEG4SEG_KERNELS": mode, "OMP_NUM_THREADS": str(threads),
+                   BF16_CHILD: "1" if name == "bf16" else "0"}
             runs = []
             for _ in range(args.repeats):
                 out = subprocess.run([sys.executable, __file__, "--stage", args.stage, "--child", str(args.steps),
@@ -123,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"config": name, "threads": threads, "digest": "/".join(sorted(digests)),
                          "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
                          "capability": runs[0]["capability"]})
-    base = next(r["ms_per_step"] for r in rows if r["config"] == "native" and r["threads"] == 2)
+    reference = "native" if any(r["config"] == "native" for r in rows) else rows[0]["config"]
+    base = next(r["ms_per_step"] for r in rows if r["config"] == reference and r["threads"] == 2)
     unit = "ms/fit" if args.stage == "umap" else "ms/step"
-    print(f"{'config':<14}{'threads':>8}  {'kernels':<18}{'result digest':<16}{unit:>9}{'x native-2':>11}")
+    print(f"{'config':<14}{'threads':>8}  {'kernels':<18}{'result digest':<16}{unit:>9}{'x ' + reference + '-2':>11}")
     for r in rows:
         print(f"{r['config']:<14}{r['threads']:>8}  {r['capability']:<18}{r['digest']:<16}{r['ms_per_step']:>9.0f}"
               f"{r['ms_per_step'] / base:>11.2f}")
