@@ -46,10 +46,11 @@ What is pinned, therefore:
    CPUs with AMX-BF16 (Intel Sapphire Rapids and later) or AVX512-BF16 (e.g. AMD Zen 4) a training runs under
    bf16 autocast, in a spawned process whose oneDNN cap is ``AVX512_CORE_AMX`` (:data:`BF16_TRAINING_ENV`: a
    cap, so a CPU without AMX runs its AVX512-BF16 kernels under it; everything else stays pinned, and the
-   calling process keeps its AVX2 cap for embeddings). Measured (cpu preset's U-Net, batch 16 at 96 px, median
-   of 12 steps): on a 2-core Xeon with AMX 0.21 s per step against 0.38 s in pinned fp32; on a 2-core AMD EPYC
-   with AVX512-BF16 and no AMX 0.221 s against 0.421 s (the same 0.221 s and loss under an
-   ``AVX512_CORE_BF16`` cap). Elsewhere ``auto`` is fp32. The precision a run used is part of its folder's hash
+   calling process keeps its AVX2 cap for embeddings). Measured with ``scripts/bench_kernels.py`` (cpu preset's
+   U-Net, batch 16 at 96 px, 2 threads): on a 2-core Xeon with AMX 0.21 s per step against 0.38 s in pinned
+   fp32; on a 2-core AMD EPYC with AVX512-BF16 and no AMX 0.245 s against 0.376 s (median of three processes;
+   a training under an ``AVX512_CORE_BF16`` cap gave the same loss and time as under this one). Elsewhere
+   ``auto`` is fp32. The precision a run used is part of its folder's hash
    and of its config.json (with the CPU's name), so a bf16 run and an fp32 run are never mixed; a machine
    reproduces its own runs bit for bit (tested), and machines of different kinds train different models (as
    AVX2 machines of different makes already did in fp32, below).
