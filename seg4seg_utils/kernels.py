@@ -50,10 +50,10 @@ What is pinned, therefore:
    U-Net, batch 16 at 96 px, 2 threads): on a 2-core Xeon with AMX 0.21 s per step against 0.38 s in pinned
    fp32; on a 2-core AMD EPYC with AVX512-BF16 and no AMX 0.245 s against 0.376 s (median of three processes;
    a training under an ``AVX512_CORE_BF16`` cap gave the same loss and time as under this one). Elsewhere
-   ``auto`` is fp32. The precision a run used is part of its folder's hash
-   and of its config.json (with the CPU's name), so a bf16 run and an fp32 run are never mixed; a machine
-   reproduces its own runs bit for bit (tested), and machines of different kinds train different models (as
-   AVX2 machines of different makes already did in fp32, below).
+   ``auto`` is fp32. The precision a run used is part of its folder's hash and of its config.json (with the
+   CPU's name and bf16 instructions), so a bf16 run and an fp32 run are never mixed; a machine reproduces its
+   own runs bit for bit (tested), and machines of different kinds train different models (as AVX2 machines of
+   different makes already did in fp32, below).
 
 Guaranteed (tested in ``tests/test_reproducible.py``): for a seed, the same trained weights, embeddings and
 detection rows whatever ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` and ``n_jobs`` / joblib backend
@@ -92,8 +92,8 @@ KERNEL_ENV: dict[str, str] = {
 MODES = ("pinned", "portable")
 # bf16 training (TrainConfig.precision) runs its convolutions on AMX tiles or AVX512-BF16 instructions, which
 # oneDNN only uses when its cap allows them: such a training runs in its own process under this cap (every other
-# pin unchanged). Under the AVX2 cap oneDNN emulates bf16, measured 25x slower per step than fp32 (13x on an AMD
-# EPYC: 5.68 s against 0.42 s), so bf16 is only chosen where the CPU has one of those.
+# pin unchanged). Under the AVX2 cap oneDNN emulates bf16, measured 25x slower per step than fp32 (13x in one run
+# on an AMD EPYC Zen 4: 5.68 s against 0.42 s), so bf16 is only chosen where the CPU has one of those.
 BF16_TRAINING_ENV = {**KERNEL_ENV, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}
 PRECISIONS = ("fp32", "bf16", "auto")
 # numpy's dispatch levels that run the same code as an AVX2-only CPU (``baseline`` on CPUs without AVX2)
@@ -189,8 +189,9 @@ def cpu_bf16_isa(cpuinfo: str = "/proc/cpuinfo") -> str | None:
 
 def training_precision(requested: str, device: Any = "cpu") -> str:
     """The precision a CPU training runs in: ``auto`` is ``bf16`` on CPUs with AMX-BF16 or AVX512-BF16 (pinned
-    kernels; :func:`cpu_bf16_isa`) and ``fp32`` elsewhere, so a machine always trains the same way, and machines of different kinds may differ
-    (they already do in fp32: see the module's docstring). Accelerators keep their own mixed precision: fp32."""
+    kernels; :func:`cpu_bf16_isa`) and ``fp32`` elsewhere, so a machine always trains the same way, and machines
+    of different kinds may differ (they already do in fp32: see the module's docstring). Accelerators keep their
+    own mixed precision: fp32."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r} is not one of {PRECISIONS}")
     if getattr(device, "type", str(device)) != "cpu":
@@ -201,7 +202,8 @@ def training_precision(requested: str, device: Any = "cpu") -> str:
 
 
 def kernel_env(precision: str = "fp32") -> dict[str, str]:
-    """The pinned environment a computation in ``precision`` expects (bf16 training: oneDNN may use AMX or AVX512-BF16)."""
+    """The pinned environment a computation in ``precision`` expects (bf16 training: oneDNN may use AMX or
+    AVX512-BF16)."""
     return BF16_TRAINING_ENV if precision == "bf16" else KERNEL_ENV
 
 
