@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 VENV=${SEG4SEG_VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.seg4seg-setup"
-want=$(cat requirements/*.txt pyproject.toml scripts/setup_venv.sh scripts/torchvision_cpu_shim.py seg4seg_utils/kernels.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/*.txt pyproject.toml scripts/setup_venv.sh scripts/torchvision_cpu_shim.py seg4seg_utils/kernels.py \
+  seg4seg_utils/allocator.py | sha256sum | cut -d' ' -f1)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -x "$VENV/bin/python" ]]; then
   exit 0
@@ -71,6 +72,11 @@ echo "import os; os.environ.setdefault('HF_HUB_OFFLINE', '1')" > "$SITE/seg4seg_
 # Pinned CPU kernels (AVX2 at most, MKL reproducibility mode) for every process of this environment, set at
 # interpreter start-up so that they are in force before torch loads: see seg4seg_utils/kernels.py.
 "$VENV/bin/python" -c "from seg4seg_utils.kernels import KERNEL_ENV; print('import os; ' + '; '.join(f'os.environ.setdefault({k!r}, {v!r})' for k, v in KERNEL_ENV.items()))" > "$SITE/seg4seg_kernels.pth"
+
+# glibc keeps freed memory instead of returning it after every tensor (fewer page faults, no number changes; see
+# seg4seg_utils/allocator.py), for every process of this environment: a copy that imports nothing but ctypes
+cp seg4seg_utils/allocator.py "$SITE/_seg4seg_allocator.py"
+echo "import _seg4seg_allocator; _seg4seg_allocator.keep_freed_memory()" > "$SITE/seg4seg_allocator.pth"
 
 # torchvision on CPU torch: only install the shim where the plain import actually fails.
 rm -f "$SITE/seg4seg_torchvision_shim.pth" "$SITE/_seg4seg_torchvision_cpu_shim.py"

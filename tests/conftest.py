@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # The longest groups are handed out first, so that no long group starts last and runs alone (measured: the
-# shared smoke job's group, about 70 s with both workers busy, used to start midway and end the run on its own).
-LONG_GROUPS_FIRST = ("smoke-main-job", "file-test_scaleout.py", "file-test_train_gap.py", "notebook-06_ablations.ipynb",
+# shared smoke job's group, about 70 s with both workers busy, used to start midway and end the run on its own);
+# the first two do not need the smoke main job, so they run while `make test` runs it.
+LONG_GROUPS_FIRST = ("file-test_scaleout.py", "file-test_train_gap.py", "smoke-main-job", "notebook-06_ablations.ipynb",
                      "file-test_experiments.py", "notebook-13_scale_out.ipynb", "notebook-07_real_world.ipynb",
                      "notebook-14_volumes.ipynb", "file-test_real_data.py")
 
@@ -78,17 +80,53 @@ def run_smoke_job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
     return root
 
 
-# `make test` runs the smoke main job once, before pytest, for the notebooks and for these tests, and names its
+# `make test` runs the smoke main job once, beside pytest, for the notebooks and for these tests, and names its
 # folder here; the tests only read it (the notebooks run on a copy). Without it (pytest alone) the fixtures run
-# the job themselves.
+# the job themselves. The job's exit status lands in the file SMOKE_JOB_DONE_ENV names once the job and the
+# notebooks' copy are complete: whatever needs them waits for it, every other test runs meanwhile.
 SMOKE_JOB_ENV = "SEG4SEG_SMOKE_JOB"
+SMOKE_JOB_DONE_ENV = "SEG4SEG_SMOKE_JOB_DONE"
+SMOKE_JOB_WAIT_S = 1800
+
+
+def wait_for_smoke_job() -> None:
+    """Block until the smoke main job `make test` started beside pytest has finished; raise if it failed."""
+    done = os.environ.get(SMOKE_JOB_DONE_ENV)
+    if not done:
+        return
+    done, waited = Path(done), 0.0
+    while not (done.is_file() and done.read_text().strip()):
+        if waited > SMOKE_JOB_WAIT_S:
+            raise RuntimeError(f"the smoke main job did not finish within {SMOKE_JOB_WAIT_S} s ({done} not written)")
+        time.sleep(0.5)
+        waited += 0.5
+    status = done.read_text().strip()
+    if status != "0":
+        log = done.with_suffix(".log")
+        raise RuntimeError(f"the smoke main job `make test` started failed (exit status {status}); its output is in "
+                           f"{log}:\n{log.read_text()[-3000:] if log.is_file() else '(no log)'}")
+
+
+class SmokeJobGate:
+    """A plugin (so that it sees the notebooks outside tests/ too): a notebook waits for the smoke job's copy."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        if item.path.suffix == ".ipynb":
+            wait_for_smoke_job()
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(SmokeJobGate(), "seg4seg-smoke-job-gate")
 
 
 def reused_smoke_job() -> Path | None:
-    """The smoke main job `make test` ran before pytest (``$SEG4SEG_SMOKE_JOB``), checked complete; else None."""
+    """The smoke main job `make test` runs beside pytest (``$SEG4SEG_SMOKE_JOB``), waited for and checked
+    complete; else None."""
     folder = os.environ.get(SMOKE_JOB_ENV)
     if not folder:
         return None
+    wait_for_smoke_job()
     root = Path(folder)
     needed = [root / "timing.csv", root / "results" / "smoke" / "detection" / "detection_rates.csv", root / "data"]
     missing = [str(p) for p in needed if not p.exists()]

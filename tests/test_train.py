@@ -213,18 +213,33 @@ def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
     assert kernels.cpu_bf16_isa(str(tmp_path / "absent")) is None
 
 
-@pytest.mark.skipif(__import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_bf16_isa() is None,
-                    reason="this CPU has neither AMX-BF16 nor AVX512-BF16: auto precision trains in fp32 here")
-def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_deterministic(dataset, tmp_path, capsys):
+needs_bf16 = pytest.mark.skipif(__import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_bf16_isa() is None,
+                                reason="this CPU has neither AMX-BF16 nor AVX512-BF16: auto precision trains in fp32 here")
+
+
+@pytest.fixture(scope="module")
+def bf16_alone(dataset, tmp_path_factory):
+    """The seed-0 smoke model trained alone in bf16 (its own process), with what that process printed; trained
+    once for both bf16 tests below (each bf16 training starts a process: about 8 s here)."""
+    import contextlib
+    import io
+
+    printed, runs_dir = io.StringIO(), tmp_path_factory.mktemp("bf16-alone")
+    with contextlib.redirect_stdout(printed):
+        run = train(dataset, smoke(precision="auto"), runs_dir=runs_dir, progress=False)
+    return run, printed.getvalue(), runs_dir
+
+
+@needs_bf16
+def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_deterministic(dataset, bf16_alone, tmp_path):
     import json
     import os
 
     cfg = smoke(precision="auto")
-    a = train(dataset, cfg, runs_dir=tmp_path / "a", progress=False)
-    shown = capsys.readouterr().out  # without progress: the child's "[seg4seg]" line, not its loading bars
-    assert "[seg4seg] training" in shown and "it/s" not in shown
+    a, shown, runs_a = bf16_alone
+    assert "[seg4seg] training" in shown and "it/s" not in shown  # without progress: the child's line, no bars
     b = train(dataset, cfg, runs_dir=tmp_path / "b", progress=False)
-    assert a.done and a.config.precision == "bf16" and a.root != train(dataset, smoke(), runs_dir=tmp_path / "a",
+    assert a.done and a.config.precision == "bf16" and a.root != train(dataset, smoke(), runs_dir=runs_a,
                                                                       progress=False).root
     kernels_used = json.loads((a.root / "config.json").read_text())["kernels"]
     assert kernels_used["precision"] == "bf16" and kernels_used["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_AMX"
@@ -234,14 +249,13 @@ def test_bf16_training_runs_under_the_amx_cap_in_its_own_process_and_is_determin
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.skipif(__import__("seg4seg_utils.kernels", fromlist=["x"]).cpu_bf16_isa() is None,
-                    reason="this CPU has neither AMX-BF16 nor AVX512-BF16: auto precision trains in fp32 here")
-def test_bf16_jobs_share_one_process_and_train_what_they_train_alone(dataset, tmp_path, monkeypatch):
+@needs_bf16
+def test_bf16_jobs_share_one_process_and_train_what_they_train_alone(dataset, bf16_alone, tmp_path, monkeypatch):
     import subprocess
 
     from seg4seg_utils.model.train import TrainJob, train_all
 
-    alone = train(dataset, smoke(precision="auto"), runs_dir=tmp_path / "alone", progress=False)
+    alone = bf16_alone[0]
     children = []
     real_run = subprocess.run
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: children.append(a) or real_run(*a, **k))

@@ -4,18 +4,20 @@
 stored on disk by a hash of its input, so settings that differ only after the reduction (gamma, likelihood
 form, performance columns, patch aggregation) share one UMAP fit per embedding and seed.
 
-:func:`import_umap` is the one place umap is imported: it asks numba to keep umap's compiled functions on disk.
+:func:`import_umap` is the one place umap is imported: it asks numba to keep umap's compiled functions on disk;
+:func:`compile_umap_in_background` fills that cache in a child process while the main job trains its models.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["as_matrix", "import_umap", "reduce_embeddings", "cached_reduction"]
+__all__ = ["as_matrix", "import_umap", "compile_umap_in_background", "reduce_embeddings", "cached_reduction"]
 
 def as_matrix(a: np.ndarray, name: str, one_d: bool = True) -> np.ndarray:
     """``a`` as a finite float64 (samples x features) matrix (1-d: one feature, unless ``one_d=False``, which
@@ -59,6 +61,37 @@ def import_umap():
                 if isinstance(obj, Dispatcher) and not obj.overloads:  # compiled ones are left as they are
                     obj.enable_caching()
     return umap
+
+
+def _umap_kernels_cached() -> bool:
+    """Whether umap's numba kernels are on disk already (numba's index files in umap's ``__pycache__``)."""
+    import importlib.util
+
+    if os.environ.get("NUMBA_CACHE_DIR"):  # a cache elsewhere: not looked for, the child then only loads it
+        return False
+    spec = importlib.util.find_spec("umap")
+    folders = spec.submodule_search_locations if spec is not None else None
+    return bool(folders) and any(Path(folders[0], "__pycache__").glob("umap_.*.nbi"))
+
+
+def compile_umap_in_background() -> subprocess.Popen | None:
+    """Start a child process that compiles and caches umap's numba kernels (one tiny fit); None when cached.
+
+    Why: in a fresh environment the first UMAP of every process compiles them (pynndescent's at import, umap's at
+    the first fit: about 20 s of one core on a 2-core AMD EPYC), and the detection stage's two joblib workers
+    used to compile them side by side, twice. Started before training, the compile runs beside it, once, and
+    the workers load the result (:func:`import_umap`). The caller waits for it before its first UMAP; a failed
+    child only means that the workers compile as before (the cache holds the code a fresh compile gives)."""
+    if _umap_kernels_cached():
+        return None
+    code = "from seg4seg_utils.discovery.reduce import compile_umap; compile_umap()"
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def compile_umap() -> None:
+    """Compile (or load) and cache the kernels a UMAP fit uses, with a 60-point fit (what the child above runs)."""
+    X = np.random.default_rng(0).normal(size=(60, 32))
+    reduce_embeddings(X, "umap", 8, 0)
 
 
 def reduce_embeddings(X: np.ndarray, method: str | None = "umap", n_components: int = 8,

@@ -16,6 +16,7 @@ from seg4seg_utils.config import Preset, environment_report, get_preset, preset_
 from seg4seg_utils.data.inject import ALL_CASES, CASES
 from seg4seg_utils.data.records import SPLITS, SampleTable
 from seg4seg_utils.discovery.judge import SlicerSettings
+from seg4seg_utils.discovery.reduce import compile_umap_in_background
 from seg4seg_utils.studies.workspace import CaseDataset, TrainedCase, Workspace
 from seg4seg_utils.timing import stage
 
@@ -314,6 +315,8 @@ def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
     if until not in stages:
         raise ValueError(f"until must be one of {stages}, got {until!r}")
     paths = run_data_job(ws)
+    # umap's kernels compile beside the training (once, in a child) instead of in each detection worker
+    compiling = compile_umap_in_background() if until == "detect" else None
     if stages.index(until) >= 1:
         with stage("training") as timed:
             trained = train_grid(ws)
@@ -325,6 +328,8 @@ def run_job(ws: Workspace, until: str = "detect") -> dict[str, Path]:
             timed.step = f"{len(book_models(ws))} models chapters 07 and 11 read"
     if until == "detect":
         with stage("detection", f"{len(trained)} models x {len(ws.preset.slicer_seeds)} slicer seeds"):
+            if compiling is not None:
+                compiling.wait()
             detection_benchmark(ws, trained)
         out = ws.results("detection")
         paths.update({"detection": out / "detection_rates.md", "detection_heatmap": out / "detection_heatmap.png"})
