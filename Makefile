@@ -31,25 +31,28 @@ run: setup
 
 # unit tests and nbval on smoke-parameterised copies of every notebook (papermill prepares, nbval runs), on
 # TEST_JOBS workers (pytest-xdist; tests/conftest.py keeps each notebook, file and the shared smoke job on one
-# worker). The smoke main job runs once, in the background beside pytest: the tests that need it, and the
-# notebooks, which read a copy of it (book/) as make run's notebooks read the main job's, wait for its exit
-# status in job.rc (output in job.log); every other test runs meanwhile. The tests that need the job read the
-# original (job/, SEG4SEG_SMOKE_JOB) untouched.
+# worker). The smoke main job runs once, in the background beside pytest, in two steps: its data stage (exit
+# status in data.rc, output in data.log), then the rest (job.rc, job.log). The tests that need its data or all
+# of it, and the notebooks, which read a copy of it (book/) as make run's notebooks read the main job's, wait
+# for those files; every other test runs meanwhile. The tests read the original (job/, SEG4SEG_SMOKE_JOB) untouched.
 # OMP_WAIT_POLICY=PASSIVE: two workers each running torch on 2 threads thrash when idle OpenMP threads spin
 # (measured, 2-core AMD EPYC: two concurrent runs of tests/test_train_gap.py took 192 s spinning, 59 s passive);
 # passive waiting changes no number.
 TEST_JOBS ?= 2
+SMOKE_JOB = SEG4SEG_RUN_STARTED= $(PY) -m seg4seg_utils run --preset smoke --data $(NBVAL)/job/data \
+  --results $(NBVAL)/job/results --runs $(NBVAL)/job/runs --cache $(NBVAL)/job/cache --no-progress
 test: export OMP_WAIT_POLICY := PASSIVE
 test: setup
 	rm -rf $(NBVAL)
 	mkdir -p $(NBVAL)
-	( SEG4SEG_TIMING=$(NBVAL)/job/timing.csv SEG4SEG_RUN_STARTED= $(PY) -m seg4seg_utils run --preset smoke \
-	    --data $(NBVAL)/job/data --results $(NBVAL)/job/results --runs $(NBVAL)/job/runs --cache $(NBVAL)/job/cache \
-	    --no-progress > $(NBVAL)/job.log 2>&1 && cp -r $(NBVAL)/job $(NBVAL)/book; echo $$? > $(NBVAL)/job.rc ) & \
+	( SEG4SEG_TIMING=$(NBVAL)/data-timing.csv $(SMOKE_JOB) --until data > $(NBVAL)/data.log 2>&1; \
+	  echo $$? > $(NBVAL)/data.rc; [ "$$(cat $(NBVAL)/data.rc)" = 0 ] \
+	  && SEG4SEG_TIMING=$(NBVAL)/job/timing.csv $(SMOKE_JOB) > $(NBVAL)/job.log 2>&1 && cp -r $(NBVAL)/job $(NBVAL)/book; \
+	  echo $$? > $(NBVAL)/job.rc ) & \
 	$(PY) -m seg4seg_utils notebooks --preset smoke --prepare-only --out $(NBVAL)/notebooks \
 	  --set DATA_DIR=$(NBVAL)/book/data RESULTS_DIR=$(NBVAL)/book/results RUNS_DIR=$(NBVAL)/book/runs \
 	  CACHE_DIR=$(NBVAL)/book/cache \
-	&& SEG4SEG_SMOKE_JOB=$(NBVAL)/job SEG4SEG_SMOKE_JOB_DONE=$(NBVAL)/job.rc \
+	&& SEG4SEG_SMOKE_JOB=$(NBVAL)/job SEG4SEG_SMOKE_DATA_DONE=$(NBVAL)/data.rc SEG4SEG_SMOKE_JOB_DONE=$(NBVAL)/job.rc \
 	  $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests $(NBVAL)/notebooks --nbval-lax; \
 	status=$$?; wait; exit $$status
 

@@ -14,11 +14,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # The longest groups are handed out first, so that no long group starts last and runs alone (measured: the
-# shared smoke job's group, about 70 s with both workers busy, used to start midway and end the run on its own);
-# the first two do not need the smoke main job, so they run while `make test` runs it.
-LONG_GROUPS_FIRST = ("file-test_scaleout.py", "file-test_train_gap.py", "smoke-main-job", "notebook-06_ablations.ipynb",
+# shared smoke job's group, about 70 s with both workers busy, used to start midway and end the run on its own).
+LONG_GROUPS_FIRST = ("smoke-main-job", "file-test_scaleout.py", "file-test_train_gap.py", "notebook-06_ablations.ipynb",
                      "file-test_experiments.py", "notebook-13_scale_out.ipynb", "notebook-07_real_world.ipynb",
                      "notebook-14_volumes.ipynb", "file-test_real_data.py")
+
+
+# inside its group, the one-thread rerun of the smoke main job (tests/test_reproducible.py) starts first: it needs
+# only the job's data, so under `make test` it runs beside the job instead of after it, alone on one core
+FIRST_IN_GROUP = ("test_reproducible.py",)
 
 
 def xdist_group_of(item) -> str:
@@ -38,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
     rank = {group: k for k, group in enumerate(LONG_GROUPS_FIRST)}
-    items.sort(key=lambda item: rank.get(xdist_group_of(item), len(rank)))
+    items.sort(key=lambda item: (rank.get(xdist_group_of(item), len(rank)), item.path.name not in FIRST_IN_GROUP))
 
 
 def shared_data_dir() -> Path:
@@ -82,16 +86,19 @@ def run_smoke_job(root: Path, data: Path, omp_threads: int, jobs: int) -> Path:
 
 # `make test` runs the smoke main job once, beside pytest, for the notebooks and for these tests, and names its
 # folder here; the tests only read it (the notebooks run on a copy). Without it (pytest alone) the fixtures run
-# the job themselves. The job's exit status lands in the file SMOKE_JOB_DONE_ENV names once the job and the
-# notebooks' copy are complete: whatever needs them waits for it, every other test runs meanwhile.
+# the job themselves. The job runs in two steps, each writing its exit status to a file once complete: its data
+# stage (SMOKE_DATA_DONE_ENV), then the rest and the notebooks' copy (SMOKE_JOB_DONE_ENV). Whatever needs one
+# waits for its file; every other test runs meanwhile.
 SMOKE_JOB_ENV = "SEG4SEG_SMOKE_JOB"
+SMOKE_DATA_DONE_ENV = "SEG4SEG_SMOKE_DATA_DONE"
 SMOKE_JOB_DONE_ENV = "SEG4SEG_SMOKE_JOB_DONE"
 SMOKE_JOB_WAIT_S = 1800
 
 
-def wait_for_smoke_job() -> None:
-    """Block until the smoke main job `make test` started beside pytest has finished; raise if it failed."""
-    done = os.environ.get(SMOKE_JOB_DONE_ENV)
+def wait_for_smoke_job(step: str = SMOKE_JOB_DONE_ENV) -> None:
+    """Block until the step of the smoke main job that ``step`` (an environment variable) names has finished
+    (nothing to wait for when it is unset); raise if it failed."""
+    done = os.environ.get(step)
     if not done:
         return
     done, waited = Path(done), 0.0
@@ -140,9 +147,12 @@ def reused_smoke_job() -> Path | None:
 def smoke_data(tmp_path_factory) -> Path:
     """The smoke preset's clean and injected datasets, generated once by the main job's data stage (or those of
     the job `make test` ran; the tests copy them before writing anything)."""
-    reused = reused_smoke_job()
-    if reused is not None:
-        return reused / "data"
+    folder = os.environ.get(SMOKE_JOB_ENV)
+    if folder:
+        wait_for_smoke_job(SMOKE_DATA_DONE_ENV)
+        if not (Path(folder) / "data").is_dir():
+            raise RuntimeError(f"${SMOKE_JOB_ENV}={folder} holds no data/: run `make test`, or unset {SMOKE_JOB_ENV}")
+        return Path(folder) / "data"
     base = tmp_path_factory.mktemp("smoke-data")
     result = subprocess.run([sys.executable, "-m", "seg4seg_utils", "run", "--preset", "smoke", "--data",
                              str(base / "data"), "--results", str(base / "results"), "--until", "data",

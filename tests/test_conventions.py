@@ -18,8 +18,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "seg4seg_utils"
 NOTEBOOKS = PACKAGE.parent / "notebooks"
-LAYERS = {"config": 0, "kernels": 0, "seeding": 0, "stats": 0, "timing": 0, "data": 1, "model": 2, "discovery": 3,
-          "report": 4, "studies": 5, "cli": 6, "__main__": 6, "__init__": 6}
+LAYERS = {"config": 0, "kernels": 0, "allocator": 0, "seeding": 0, "stats": 0, "timing": 0, "data": 1, "model": 2,
+          "discovery": 3, "report": 4, "studies": 5, "cli": 6, "__main__": 6, "__init__": 6}
 
 
 def module_name(path: Path) -> str:

@@ -22,9 +22,11 @@ from seg4seg_utils.report.compare import detection_rows, diff_job_outputs
 
 
 @pytest.fixture(scope="module")
-def two_jobs(tmp_path_factory, smoke_data, smoke_main_job):
-    """A one-thread, one-job run beside the session's two-thread, two-job main job, on the same data."""
-    return run_smoke_job(tmp_path_factory.mktemp("repro") / "one-thread", smoke_data, 1, 1), smoke_main_job
+def two_jobs(tmp_path_factory, smoke_data, request):
+    """A one-thread, one-job run beside the session's two-thread, two-job main job, on the same data (started as
+    soon as the data exist: under `make test` the session's job may still be running)."""
+    one_thread = run_smoke_job(tmp_path_factory.mktemp("repro") / "one-thread", smoke_data, 1, 1)
+    return one_thread, request.getfixturevalue("smoke_main_job")
 
 
 @pytest.mark.slow
