@@ -217,3 +217,17 @@ def test_this_environment_loads_its_packages_compiled():
     for module in (torch, timm, sklearn, umap):
         cached = importlib.util.cache_from_source(module.__file__)
         assert os.path.isfile(cached), f"{module.__name__} has no bytecode at {cached}: re-run scripts/setup_venv.sh"
+
+
+@pytest.mark.slow
+def test_umap_kernels_are_compiled_in_a_child_beside_the_training(monkeypatch):
+    """The main job starts :func:`compile_umap_in_background` before it trains: nothing once umap's kernels are on
+    disk, else a child that compiles and caches them with one small fit (here it finds them cached and loads them;
+    a child that fails to fit exits non-zero)."""
+    from seg4seg_utils.discovery import reduce as R
+
+    test_umap_matches_the_reference_machine()  # this process compiles or loads the kernels and caches them
+    assert R.compile_umap_in_background() is None, "the kernels are cached: no child needed"
+    monkeypatch.setattr(R, "_umap_kernels_cached", lambda: False)
+    child = R.compile_umap_in_background()
+    assert child is not None and child.wait(timeout=300) == 0
