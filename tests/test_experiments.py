@@ -1,6 +1,7 @@
 """The detection-rate benchmark on the smoke preset: one row per fit, tidy table, resumable, parallel."""
 import json
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -229,3 +230,30 @@ def test_false_alarms_slice_each_configuration_as_named(tmp_path, monkeypatch):
     metrics = train(fundus, ws.train_config(), runs_dir=ws.runs, progress=False).metrics()  # read back, not retrained
     assert np.allclose(seen["scores"][0], np.sort(metrics["dice"]))
     assert np.allclose(seen["scores"][-1], np.sort(metrics["ppv"]))
+
+
+def test_items_that_share_a_reduction_fit_it_once_on_two_workers(trained, tmp_path, monkeypatch):
+    # three scores per run, one seed: the three items of a run share a reduction; on two workers, as separate
+    # tasks, two of them met at once and both fitted it (the cache is written when a fit ends)
+    from joblib import parallel_config
+
+    from seg4seg_utils.discovery import reduce
+
+    root, ws, runs = trained
+    fits = []
+    real = reduce.reduce_embeddings
+
+    def slow_counted(X, method, *args, **kwargs):
+        if method == "pca":  # the slicers call it too, with None, on what is already reduced
+            fits.append(method)
+            time.sleep(0.3)  # long enough for the other worker to reach an item of the same reduction meanwhile
+        return real(X, method, *args, **kwargs)
+
+    monkeypatch.setattr(reduce, "reduce_embeddings", slow_counted)
+    items = benchmark_items(runs, slicer_seeds=(0,), performances=(("dice",), ("ppv",), ("npv",)),
+                            settings=SlicerSettings(reduce="pca"))
+    with parallel_config(backend="threading"):  # workers in this process, so the counter sees every fit
+        rows = run_benchmark(items, ws.embedder, tmp_path / "items.jsonl", cache_dir=tmp_path / "cache", n_jobs=2,
+                             progress=False)
+    assert len(rows) == len(items) == 3 * len(runs)
+    assert len(fits) == len(runs), f"{len(fits)} reductions for {len(runs)} runs"

@@ -1,4 +1,5 @@
 """Training: config validation, device choice, determinism, resume, caching, the metrics table, clear errors."""
+import contextlib
 from dataclasses import replace
 
 import numpy as np
@@ -267,3 +268,28 @@ def test_bf16_jobs_share_one_process_and_train_what_they_train_alone(dataset, bf
     assert train_all(jobs, progress=False)[1].root == second.root and len(children) == 1  # read back, not retrained
     wa, wb = weights(alone), weights(second)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "a model must not depend on what trained before it"
+
+
+def test_training_skips_deterministic_nan_fills_and_gets_the_same_weights(dataset, tmp_path, monkeypatch):
+    # the fills guard against kernels that read memory they never wrote; a training step has none, so without
+    # them the weights are the same bits, and the flag is back as it was afterwards
+    seen = []
+
+    class Spy(T.BinaryTask):
+        def loss(self):
+            bce = super().loss()
+
+            def loss(logits, y):
+                seen.append(torch.utils.deterministic.fill_uninitialized_memory)
+                return bce(logits, y)
+            return loss
+
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    unfilled = train(dataset, smoke(epochs=1), tmp_path / "unfilled", progress=False, task=Spy())
+    assert seen and not any(seen) and torch.utils.deterministic.fill_uninitialized_memory == before
+    seen.clear()
+    monkeypatch.setattr(T, "uninitialised_memory_unfilled", contextlib.nullcontext)  # the fills as torch does them
+    filled = train(dataset, smoke(epochs=1), tmp_path / "filled", progress=False, task=Spy())
+    assert seen and all(seen)
+    a, b = weights(unfilled), weights(filled)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

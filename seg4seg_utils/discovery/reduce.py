@@ -4,7 +4,8 @@
 stored on disk by a hash of its input, so settings that differ only after the reduction (gamma, likelihood
 form, performance columns, patch aggregation) share one UMAP fit per embedding and seed.
 
-:func:`import_umap` is the one place umap is imported: it asks numba to keep umap's compiled functions on disk;
+:func:`import_umap` is the one place umap is imported: it asks numba to keep umap's compiled functions on disk
+and computes small data's all-pairs distances without a Python loop (:mod:`.umap_distances`, same numbers);
 :func:`compile_umap_in_background` fills that cache in a child process while the main job trains its models.
 """
 from __future__ import annotations
@@ -60,6 +61,9 @@ def import_umap():
             for obj in list(vars(module).values()):
                 if isinstance(obj, Dispatcher) and not obj.overloads:  # compiled ones are left as they are
                     obj.enable_caching()
+    from seg4seg_utils.discovery import umap_distances
+
+    umap_distances.install(umap)  # small data's all-pairs distances in numba, not a Python loop: same numbers
     return umap
 
 

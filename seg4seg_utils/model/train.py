@@ -16,6 +16,7 @@ A run lives in its own folder (``<runs>/<dataset>/<name><task tag>-<config hash>
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -415,6 +416,28 @@ def lr_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
                                                cycle_momentum=False)
 
 
+@contextlib.contextmanager
+def uninitialised_memory_unfilled() -> Iterator[None]:
+    """Inside: torch's deterministic mode does not fill every freshly allocated tensor with NaN (restored after).
+
+    Why: ``use_deterministic_algorithms(True)`` also turns on ``fill_uninitialized_memory``, a guard that fills
+    each new tensor so that a kernel reading memory it never wrote gives NaN instead of garbage. Every kernel of
+    a training step writes its output before anyone reads it, so the fills change no number
+    (``tests/test_train.py`` trains with and without them and compares the weights bit for bit), but a
+    cpu-preset step allocates about 1,200 tensors and the fills cost about 5 % of an epoch (median 10.8 s
+    against 11.3 s, two epochs of three trainings each, bf16 on a 2-core AMD EPYC Zen 4). The deterministic
+    algorithms themselves stay on.
+    """
+    import torch
+
+    before = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = before
+
+
 def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", name: str | None = None,
           progress: bool = True, stop_after_epoch: int | None = None, task: BinaryTask | None = None) -> Run:
     """Train (or resume, or reuse) a U-Net on ``table``'s train split, select on the task's validation score,
@@ -445,7 +468,8 @@ def train(table: SampleTable, cfg: TrainConfig, runs_dir: str | Path = "runs", n
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    with pinned(cfg.threads, device):  # thread count and kernels fixed: see seg4seg_utils.kernels
+    # thread count and kernels fixed (see seg4seg_utils.kernels); no NaN fills of fresh tensors while training
+    with pinned(cfg.threads, device), uninitialised_memory_unfilled():
         model, init = build_model(cfg, task.out_channels)
         model.to(device)
         if device.type == "cuda":

@@ -24,8 +24,8 @@ import pandas as pd
 from seg4seg_utils.data.records import config_hash
 from seg4seg_utils.discovery.judge import SlicerSettings
 
-__all__ = ["BenchmarkItem", "benchmark_items", "run_item", "run_benchmark", "detection_table",
-           "load_run"]
+__all__ = ["BenchmarkItem", "benchmark_items", "run_item", "run_items", "reduction_key", "run_benchmark",
+           "detection_table", "load_run"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,20 @@ def run_item(item: BenchmarkItem, ids: list[str], X: np.ndarray, metrics: pd.Dat
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
 
+def run_items(items: Sequence[BenchmarkItem], ids: list[str], X: np.ndarray, metrics: pd.DataFrame,
+              embedder_name: str, reduced_cache: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """:func:`run_item` for items that share one reduction (a joblib task): the first computes it, the others
+    read it back. As separate tasks, two workers would each fit the same UMAP when they met those items at the
+    same time (the cache is written only when a fit ends)."""
+    return [run_item(item, ids, X, metrics, embedder_name, reduced_cache) for item in items]
+
+
+def reduction_key(item: BenchmarkItem) -> tuple:
+    """What decides an item's reduction: its embedding (dataset, run, variant), slicer seed and reducer."""
+    return (item.dataset_root, item.run_root, item.image_variant, item.slicer_seed, item.settings.reduce,
+            item.settings.n_components)
+
+
 def _embed_item(dataset_root: str, run_root: str, variant: str, embedder, cache_dir
                 ) -> tuple[list[str], np.ndarray, pd.DataFrame, str]:
     """One (dataset, run, variant) test-split embedding, from the cache or computed, with the run's per-image
@@ -116,7 +130,8 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
     """Run every item not already in ``results_path`` (JSON lines), in parallel with joblib; return all rows.
 
     Two rounds of joblib tasks: one embedding per (dataset, run, variant), read from or written to the
-    cache (with the run's metrics, read once), then one reduce-fit-judge per item. Rows are appended as they finish, so an interrupted
+    cache (with the run's metrics, read once), then the items that share a reduction (:func:`reduction_key`),
+    reduce-fit-judge one after another in one task. Rows are appended as they finish, so an interrupted
     benchmark resumes where it stopped. Any joblib backend runs them: ``SEG4SEG_BACKEND=dask`` (see
     :mod:`seg4seg_utils.studies.scaleout`) or an enclosing ``joblib.parallel_config``; on a cluster ``n_jobs`` is
     ignored and every worker is used.
@@ -138,12 +153,19 @@ def run_benchmark(items: Sequence[BenchmarkItem], embedder, results_path: str | 
             embeddings = dict(zip(jobs, tqdm(results, total=len(jobs), desc="embeddings", disable=not progress)))
             runner = Parallel(n_jobs=effective_n_jobs(n_jobs), return_as="generator_unordered")
             reduced = Path(cache_dir) / "reduced" if cache_dir is not None else None
-            rows = runner(delayed(run_item)(it, *embeddings[(it.dataset_root, it.run_root, it.image_variant)],
-                                            reduced) for it in todo)
-            with open_rows_for_append(results_path) as fh:
-                for row in tqdm(rows, total=len(todo), desc="slicer fits", disable=not progress):
-                    fh.write(json.dumps(row) + "\n")
+            groups: dict[tuple, list[BenchmarkItem]] = {}
+            for it in todo:
+                groups.setdefault(reduction_key(it), []).append(it)
+            done_groups = runner(delayed(run_items)(group, *embeddings[group[0].dataset_root, group[0].run_root,
+                                                                       group[0].image_variant], reduced)
+                                 for group in groups.values())
+            with open_rows_for_append(results_path) as fh, \
+                    tqdm(total=len(todo), desc="slicer fits", disable=not progress) as bar:
+                for rows in done_groups:
+                    for row in rows:
+                        fh.write(json.dumps(row) + "\n")
                     fh.flush()
+                    bar.update(len(rows))
     wanted = {it.key for it in items}
     return pd.DataFrame([r for r in read_rows(results_path) if r["key"] in wanted])
 
