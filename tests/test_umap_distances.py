@@ -52,6 +52,10 @@ def test_umap_fits_use_it_and_give_the_same_embedding(monkeypatch):
                         lambda X_, out, real=umap_distances._upper_triangle: used.append(len(X_)) or real(X_, out))
     ours = reduce_embeddings(X, "umap", 8, 3)[1]
     assert used == [400], "the fit computed its distances here"
-    monkeypatch.setattr(umap.umap_, "pairwise_distances", sklearn_pairwise_distances)
+    # umap-learn as it comes: import_umap (called by every fit) now leaves scikit-learn's function in place
+    monkeypatch.setattr(umap_distances, "install", lambda module: setattr(module.umap_, "pairwise_distances",
+                                                                          sklearn_pairwise_distances))
+    used.clear()
     theirs = reduce_embeddings(X, "umap", 8, 3)[1]
+    assert used == [] and umap.umap_.pairwise_distances is sklearn_pairwise_distances
     assert np.array_equal(ours, theirs)

@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from seg4seg_utils.data.records import SampleTable, read_mask
+from seg4seg_utils.discovery.embedding_memo import EmbeddingMemo, embed_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     from seg4seg_utils.model.train import Run
@@ -51,6 +52,7 @@ SHAPE_VARIANTS: tuple[str, ...] = ("shape(M_GT)", "shape(M_pred)")
 ALL_VARIANTS: tuple[str, ...] = VARIANTS + SHAPE_VARIANTS
 SHAPE_EMBEDDER_NAME = "mask shape descriptors (standardised)"
 CACHE_FORMAT = 1  # bump when the cached arrays' meaning changes, so old caches are rebuilt
+MEMO_ROUND = 4  # batches read and embedded together: their new images share merged batches (embedding_memo)
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -582,7 +584,9 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
                   split: str = "test", cache_dir: str | os.PathLike | None = "cache/embeddings", batch_size: int = 32,
                   progress: bool = True) -> Embeddings:
     """Embed one split in table order in one variant, reusing a matching on-disk cache (``cache_dir=None``: no cache).
-    A shape variant (:data:`SHAPE_VARIANTS`) describes the masks instead and leaves ``embedder`` unused."""
+    Images the embedder has seen before, in any dataset, are read back from ``cache_dir/images`` instead of embedded
+    again, with the same numbers (:mod:`.embedding_memo`). A shape variant (:data:`SHAPE_VARIANTS`) describes the
+    masks instead and leaves ``embedder`` unused."""
     if variant in SHAPE_VARIANTS:
         return shape_embeddings(table, variant, run=run, split=split)
     if variant not in VARIANTS:
@@ -616,23 +620,28 @@ def embed_dataset(table: SampleTable, embedder: Embedder, variant: str = "x0", r
         if why != "absent":
             print(f"[seg4seg] embedding cache {npy.name} not reused ({why}); rebuilding it")
 
+    def variant_image(i: int) -> np.ndarray:
+        image = sub.image(i)
+        gt = sub.mask(i) if variant == "x0*M_GT" else None
+        # a multi-class run predicts labels, a binary one a mask: the dataset says which
+        pred = read_mask(preds[ids[i]], sub.mask_kind) if preds is not None else None
+        if pred is not None and pred.shape != image.shape[:2]:
+            raise ValueError(f"{preds[ids[i]]}: predicted mask of {ids[i]!r} is {pred.shape[1]}x{pred.shape[0]}"
+                             f" but its image is {image.shape[1]}x{image.shape[0]}")
+        return apply_variant(image, variant, gt_mask=gt, pred_mask=pred)
+
     t0 = time.perf_counter()
     chunks = []
+    # images seen in another dataset (same content, batch size and position) are read back, not embedded again
+    memo = EmbeddingMemo(Path(cache_dir) / "images", embedder) if cache_dir is not None else None
     bar = tqdm(total=len(ids), desc=f"embed {split} {variant}", unit="img", disable=not progress, leave=False)
     try:
-        for s in range(0, len(ids), batch_size):
-            batch = []
-            for i in range(s, min(s + batch_size, len(ids))):
-                image = sub.image(i)
-                gt = sub.mask(i) if variant == "x0*M_GT" else None
-                # a multi-class run predicts labels, a binary one a mask: the dataset says which
-                pred = read_mask(preds[ids[i]], sub.mask_kind) if preds is not None else None
-                if pred is not None and pred.shape != image.shape[:2]:
-                    raise ValueError(f"{preds[ids[i]]}: predicted mask of {ids[i]!r} is {pred.shape[1]}x{pred.shape[0]}"
-                                     f" but its image is {image.shape[1]}x{image.shape[0]}")
-                batch.append(apply_variant(image, variant, gt_mask=gt, pred_mask=pred))
-            chunks.append(embedder.embed(batch, batch_size=batch_size))
-            bar.update(len(batch))
+        for start in range(0, len(ids), batch_size * MEMO_ROUND):
+            stop = min(start + batch_size * MEMO_ROUND, len(ids))
+            batches = [[variant_image(i) for i in range(b, min(b + batch_size, stop))]
+                       for b in range(start, stop, batch_size)]
+            chunks += embed_batches(embedder, batches, memo)
+            bar.update(stop - start)
     finally:
         bar.close()
     X, seconds = stack_and_cache(chunks, ids, embedder, t0, npy, sidecar, key)

@@ -162,7 +162,8 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
     from tqdm.auto import tqdm
 
     from seg4seg_utils.data.records import config_hash
-    from seg4seg_utils.discovery.embed import load_cache, slug, stack_and_cache
+    from seg4seg_utils.discovery.embed import MEMO_ROUND, load_cache, slug, stack_and_cache
+    from seg4seg_utils.discovery.embedding_memo import EmbeddingMemo, embed_batches
 
     sub = table.split(split)
     ids = sub.df["id"].astype(str).tolist()
@@ -184,16 +185,18 @@ def embed_patches(table: "SampleTable", embedder: "Embedder", grid: int = 4, spl
         if why != "absent":
             print(f"[seg4seg] patch embedding cache {npy.name} not reused ({why}); rebuilding it")
     t0 = time.perf_counter()
-    chunks, batch = [], []
+    chunks = []
     per_batch = max(1, batch_size // (grid * grid))  # images per forward pass
+    # patches of images seen at another prevalence are read back, not embedded again (embedding_memo)
+    memo = EmbeddingMemo(Path(cache_dir) / "images", embedder) if cache_dir is not None else None
     bar = tqdm(total=len(ids), desc=f"embed {grid}x{grid} patches", unit="img", disable=not progress, leave=False)
     try:
-        for i in range(len(ids)):
-            batch += split_patches(sub.image(i), grid)
-            if (i + 1) % per_batch == 0 or i == len(ids) - 1:
-                chunks.append(embedder.embed(batch, batch_size=len(batch)))
-                bar.update(len(batch) // (grid * grid))
-                batch = []
+        for start in range(0, len(ids), per_batch * MEMO_ROUND):
+            stop = min(start + per_batch * MEMO_ROUND, len(ids))
+            batches = [[patch for i in range(b, min(b + per_batch, stop)) for patch in split_patches(sub.image(i), grid)]
+                       for b in range(start, stop, per_batch)]
+            chunks += embed_batches(embedder, batches, memo)
+            bar.update(stop - start)
     finally:
         bar.close()
     X, seconds = stack_and_cache(chunks, pids, embedder, t0, npy, sidecar, key)
