@@ -257,3 +257,16 @@ def test_items_that_share_a_reduction_fit_it_once_on_two_workers(trained, tmp_pa
                              progress=False)
     assert len(rows) == len(items) == 3 * len(runs)
     assert len(fits) == len(runs), f"{len(fits)} reductions for {len(runs)} runs"
+
+
+def test_workspace_trains_with_its_preset_objects_recipe(tmp_path):
+    from dataclasses import replace
+
+    from seg4seg_utils.model.train import train_preset
+
+    for name in ("smoke", "cpu", "paper"):
+        assert Workspace(name, data_dir=tmp_path).train_config() == train_preset(name)
+    cpu = get_preset("cpu")
+    small = replace(cpu, train=tuple((k, 64 if k == "image_size" else v) for k, v in cpu.train))
+    assert Workspace(small, data_dir=tmp_path).train_config().image_size == 64
+    assert Workspace(small, data_dir=tmp_path, train_overrides={"epochs": 2}).train_config().epochs == 2

@@ -178,10 +178,14 @@ class Workspace:
 
     # -- trained models ----------------------------------------------------------------------------------
     def train_config(self):
-        """The preset's training configuration (with ``train_overrides`` applied)."""
-        from seg4seg_utils.model.train import train_preset
+        """The preset's training configuration (with ``train_overrides`` applied): the recipe of this preset object,
+        so that a :class:`~seg4seg_utils.config.Preset` built with another ``train`` trains with it (looking the
+        recipe up by the preset's name ignored it)."""
+        from dataclasses import replace
 
-        return train_preset(self.preset.name, **self.train_overrides)
+        from seg4seg_utils.model.train import TrainConfig
+
+        return replace(TrainConfig(**dict(self.preset.train)), **self.train_overrides).validate()
 
     def trained_cases(self, cases: Iterable[str] | Iterable[CaseDataset] = ALL_CASES) -> list[TrainedCase]:
         """One trained U-Net per injected dataset: finished runs are read back, missing ones trained
