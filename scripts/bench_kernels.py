@@ -49,6 +49,11 @@ BF16_CHILD = "SEG4SEG_BENCH_BF16"  # tells a child to train under bf16 autocast
 LEVER_CHILD = "SEG4SEG_BENCH_LEVER"  # tells a child which lever to add: channels-last or compile
 
 
+def lever_of(config: str) -> str:
+    """The lever a configuration adds on top of bf16 ("" for none): ``bf16-compile`` -> ``compile``."""
+    return config.removeprefix("bf16-") if config.startswith("bf16-") else ""
+
+
 def child(steps: int, threads: int) -> dict:
     import hashlib
     import time
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for threads in (1, 2):
             env = {**os.environ, **env_over, "SEG4SEG_KERNELS": mode, "OMP_NUM_THREADS": str(threads),
-                   BF16_CHILD: "1" if bf16 else "0", LEVER_CHILD: name.removeprefix("bf16-") if name != "bf16" else ""}
+                   BF16_CHILD: "1" if bf16 else "0", LEVER_CHILD: lever_of(name)}
             runs = []
             for _ in range(args.repeats):
                 out = subprocess.run([sys.executable, __file__, "--stage", args.stage, "--child", str(args.steps),

@@ -1,5 +1,5 @@
 """scripts/bench_kernels.py's training child: the speed levers it measures really change how it trains (the
-smoke preset's tiny U-Net stands in for the cpu preset's, so that this takes a second)."""
+smoke preset's tiny U-Net stands in for the cpu preset's, so that this takes seconds)."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,3 +33,5 @@ def test_a_lever_changes_the_weights_and_no_lever_repeats_them(bench, monkeypatc
 def test_every_lever_is_a_configuration_on_top_of_bf16(bench):
     for lever in ("bf16-channels-last", "bf16-compile"):
         assert bench.CONFIGS[lever] == bench.CONFIGS["bf16"]
+    assert [bench.lever_of(c) for c in ("bf16-channels-last", "bf16-compile", "bf16", "pinned", "native")] == \
+        ["channels-last", "compile", "", "", ""]
