@@ -402,3 +402,23 @@ def test_the_main_job_trains_the_twin_cells_model_chapter_11_reads():
     declared = pm.inspect_notebook(str(NOTEBOOK_DIR / "11_label_flips.ipynb"))
     chapter = {name: ast.literal_eval(declared[name.upper()]["default"]) for name in BOOK_PHANTOM}
     assert chapter == BOOK_PHANTOM
+
+
+def test_the_twins_model_trains_with_its_preset_objects_recipe(tmp_path):
+    """The study's recipe is the workspace's (its preset object's), at the study's size: for the named presets
+    that is the recipe the named preset always gave (so the book's twin-cells model keeps its run folder); a
+    preset built with another recipe trains with that one, not with its name's."""
+    from dataclasses import replace
+
+    from seg4seg_utils.config import get_preset
+    from seg4seg_utils.model.train import train_preset
+    from seg4seg_utils.studies.workspace import Workspace
+
+    for name in ("smoke", "cpu", "paper"):
+        ws = Workspace(name, data_dir=tmp_path)
+        assert lf.twins_config(ws, 3) == train_preset(name, seed=3, **ws.preset.labelflip.train_overrides())
+    cpu = get_preset("cpu")
+    wider = replace(cpu, train=tuple((k, (32, 32, 32, 32, 32) if k == "decoder_channels" else v) for k, v in cpu.train))
+    cfg = lf.twins_config(Workspace(wider, data_dir=tmp_path), 0)
+    assert cfg.decoder_channels == (32, 32, 32, 32, 32) != train_preset("cpu").decoder_channels
+    assert cfg.seed == 0 and cfg.image_size == train_preset("cpu").image_size

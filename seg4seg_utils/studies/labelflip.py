@@ -21,7 +21,7 @@ import pandas as pd
 from seg4seg_utils.model.label_flips import group_decomposition, top_share
 from seg4seg_utils.studies.workspace import Workspace, results_folder
 
-__all__ = ["RESULT_FILES", "BOOK_PHANTOM", "twins_dataset", "twins_model", "flip_mass_concentration",
+__all__ = ["RESULT_FILES", "BOOK_PHANTOM", "twins_dataset", "twins_config", "twins_model", "flip_mass_concentration",
            "compare_performances", "decomposition_by_group",
            "flip_risk_quality", "detection_by_performance", "flip_rate_per_slice"]
 
@@ -41,14 +41,19 @@ def twins_dataset(ws: Workspace, seed: int, train_alignment: float, cue_strength
                                                 test_shift=test_shift, cue_strength=cue_strength, progress=False)
 
 
-def twins_model(ws: Workspace, table, seed: int):
-    """The study's multi-class U-Net on ``table``: the preset's training configuration at the study's size,
-    trained once, then read back."""
-    from seg4seg_utils.model.multiclass import train_multiclass
-    from seg4seg_utils.model.train import train_preset
+def twins_config(ws: Workspace, seed: int):
+    """The study's training configuration: the workspace's recipe (:meth:`Workspace.train_config`, that of its
+    preset object, not of the preset's name) at the study's size, with the model seed ``seed``."""
+    from dataclasses import replace
 
-    cfg = train_preset(ws.preset.name, seed=seed, **ws.preset.labelflip.train_overrides())
-    return train_multiclass(table, cfg, ws.runs, progress=False)
+    return replace(ws.train_config(), seed=seed, **ws.preset.labelflip.train_overrides()).validate()
+
+
+def twins_model(ws: Workspace, table, seed: int):
+    """The study's multi-class U-Net on ``table`` (:func:`twins_config`), trained once, then read back."""
+    from seg4seg_utils.model.multiclass import train_multiclass
+
+    return train_multiclass(table, twins_config(ws, seed), ws.runs, progress=False)
 
 
 #: what the study writes into its results folder, by function
